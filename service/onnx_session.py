@@ -1,0 +1,26 @@
+"""One place that opens onnxruntime sessions: CUDA provider when present, CPU otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def providers() -> list[str]:
+    """Execution providers in preference order; `BOXGEN_DEVICE=cpu` forces the CPU."""
+    available = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if os.environ.get("BOXGEN_DEVICE", "").lower() == "cpu":
+        wanted = ["CPUExecutionProvider"]
+    return [p for p in wanted if p in available]
+
+
+def open_session(path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
+    """An inference session for the ONNX file at `path`."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime warns about unused initialisers on every load
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers())

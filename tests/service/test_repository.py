@@ -1,0 +1,70 @@
+"""The model repository: atomic, immutable publication and safe names."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from service.repository import ModelNotFound, ModelRepository, validate_sku
+
+
+def make_file(path, size=10):
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_publish_and_resolve(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    assert repo.skus() == [] and repo.versions("a") == []
+    src = make_file(tmp_path / "g.onnx")
+    v1 = repo.publish("a", {"generator.onnx": src}, {"iterations": 3})
+    v2 = repo.publish("a", {"generator.onnx": src}, {"iterations": 4})
+    assert (v1.version, v2.version) == (1, 2)
+    assert repo.resolve("a").version == 2 and repo.resolve("a", 1).card["iterations"] == 3
+    assert repo.resolve("a").file("generator.onnx").read_bytes() == src.read_bytes()
+    assert repo.skus() == ["a"]
+    repo.publish("_labeller", {"labeller.onnx": src}, {})
+    assert repo.skus() == ["a"] and repo.names() == ["_labeller", "a"]
+    with pytest.raises(ModelNotFound, match="no version 9"):
+        repo.resolve("a", 9)
+    with pytest.raises(ModelNotFound, match="no model 'b'"):
+        repo.resolve("b")
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "_base", ".hidden", "a" * 65, "a b", "x..y"])
+def test_bad_sku_names(bad):
+    with pytest.raises(ValueError, match="not a valid SKU"):
+        validate_sku(bad)
+
+
+def test_failed_copy_leaves_nothing(tmp_path):
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        repo.publish("a", {"generator.onnx": tmp_path / "missing.onnx"}, {})
+    assert repo.versions("a") == [] and os.listdir(tmp_path / "a") == []
+
+
+def test_killed_publish_leaves_no_visible_version(tmp_path):
+    """SIGKILL a publisher just before its rename: no version appears, the next one is 1."""
+    src = make_file(tmp_path / "g.onnx", 1 << 20)
+    child = textwrap.dedent(f"""
+        import os, time
+        from service.repository import ModelRepository
+        os.rename = lambda *a: (print("staged", flush=True), time.sleep(60))
+        ModelRepository({str(tmp_path / "models")!r}).publish(
+            "a", {{"generator.onnx": {str(src)!r}}}, {{}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "staged"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    repo = ModelRepository(tmp_path / "models")
+    staged = [p.name for p in (tmp_path / "models" / "a").iterdir()]
+    assert len(staged) == 1 and staged[0].startswith(".")  # the orphan is hidden
+    assert repo.versions("a") == [] and repo.skus() == []
+    with pytest.raises(ModelNotFound):
+        repo.resolve("a")
+    assert repo.publish("a", {"generator.onnx": src}, {}).version == 1

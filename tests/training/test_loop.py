@@ -1,0 +1,88 @@
+"""The training loop: real steps on the tiny profile, exact resume, base loading, freezing."""
+
+import json
+
+import pytest
+import torch
+
+from training.callbacks import MetricsLog, SampleGrids, StatusFile
+from training.checkpoint import load_checkpoint
+from training.config import profile
+from training.loop import train
+
+
+@pytest.fixture
+def images():
+    return torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+def test_resume_equals_straight_run(tmp_path, images):
+    cfg = profile("tiny").replace(iterations=4, augment="color,translation,cutout")
+    straight = train(cfg, images, tmp_path / "straight")
+    train(cfg.replace(iterations=2), images, tmp_path / "resumed")
+    resumed = train(cfg, images, tmp_path / "resumed")
+    assert resumed.step == straight.step == 4
+    for name in ("generator", "critic", "generator_ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
+    assert torch.equal(straight.rng.get_state(), resumed.rng.get_state())
+
+
+def test_training_changes_weights_and_logs(tmp_path, images):
+    cfg = profile("tiny").replace(iterations=4, log_every=2, sample_every=2)
+    run = train(
+        cfg,
+        images,
+        tmp_path / "run",
+        [MetricsLog(), SampleGrids(), StatusFile(tmp_path / "status.json")],
+    )
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 4
+    untrained = train(cfg.replace(iterations=0), images, tmp_path / "none")
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(run.generator.parameters(), untrained.generator.parameters(), strict=True)
+    ]
+    assert all(changed)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "step-000002.png",
+        "step-000004.png",
+    ]
+    assert any((tmp_path / "run" / "tb").iterdir())
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["iteration"] == 4 and status["iterations"] == 4
+
+
+def test_fine_tune_starts_from_base_and_freezes(tmp_path, images):
+    cfg = profile("tiny").replace(iterations=2)
+    base_run = train(cfg, images, tmp_path / "base")
+    base = load_checkpoint(tmp_path / "base")
+    tuned = train(cfg.replace(iterations=0), images, tmp_path / "tuned0", base=base)
+    for a, b in zip(tuned.generator.parameters(), base_run.generator.parameters(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+
+    frozen = train(
+        cfg.replace(iterations=2, freeze_critic_blocks=1), images, tmp_path / "frozen", base=base
+    )
+    first = frozen.critic.blocks[0].state_dict()
+    for key, value in base_run.critic.blocks[0].state_dict().items():
+        assert torch.equal(first[key].cpu(), value.cpu())
+    assert not torch.equal(
+        frozen.critic.blocks[1][0].weight.cpu(), base_run.critic.blocks[1][0].weight.cpu()
+    )
+
+
+def test_base_with_other_shape_is_refused(tmp_path, images):
+    cfg = profile("tiny").replace(iterations=1)
+    train(cfg, images, tmp_path / "base")
+    base = load_checkpoint(tmp_path / "base")
+    with pytest.raises(ValueError, match="z_dim"):
+        train(cfg.replace(z_dim=8), images, tmp_path / "other", base=base)
+
+
+def test_wrong_image_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"\[N, 3, 32, 32\]"):
+        train(profile("tiny"), torch.zeros(4, 3, 64, 64), tmp_path / "run")

@@ -1,0 +1,221 @@
+"""The `boxgen` command line: parses arguments, then calls library code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from service.repository import ModelNotFound
+
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+DIR = click.Path(file_okay=False, path_type=Path)
+MODELS_OPTION = click.option(
+    "--models",
+    type=DIR,
+    default=Path("models"),
+    show_default=True,
+    envvar="BOXGEN_MODELS",
+    help="Model repository folder.",
+)
+
+# Errors a user can cause: printed as one line, exit status 2, never a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModelNotFound)
+
+
+class BoxgenGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            message = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise click.ClickException(message) from None
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 64x64") from None
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise click.BadParameter(f"{value!r}: each side must be 16 to 4096 pixels")
+    return width, height
+
+
+def build_config(profile_name: str, iterations: int | None, overrides: tuple[str, ...]):
+    from training.config import apply_overrides, profile
+
+    cfg = apply_overrides(profile(profile_name), list(overrides))
+    return cfg.replace(iterations=iterations) if iterations is not None else cfg
+
+
+@click.group(cls=BoxgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="boxgen")
+def cli() -> None:
+    """boxgen: few-shot bin-image generation with YOLO labels for picking robots."""
+
+
+@cli.command("demo-data")
+@click.argument("out", type=DIR)
+@click.option(
+    "--groups",
+    type=click.IntRange(1, 10_000),
+    default=12,
+    show_default=True,
+    help="Product groups: each one fixed set of products.",
+)
+@click.option(
+    "--per-group",
+    type=click.IntRange(1, 100_000),
+    default=60,
+    show_default=True,
+    help="Arrangements rendered per group.",
+)
+@click.option("--size", default="64x64", show_default=True, help="Image size WIDTHxHEIGHT.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--first-group",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Index of the first group; groups from another range are new product sets.",
+)
+def demo_data(out: Path, groups: int, per_group: int, size: str, seed: int, first_group: int):
+    """Render the built-in corpus of bins (YOLO layout: images/, labels/, data.yaml)."""
+    from training.render import write_corpus
+
+    path = write_corpus(out, groups, per_group, parse_size(size), seed, first_group, progress=True)
+    click.echo(f"wrote {groups * per_group} images to {path}")
+
+
+@cli.command()
+@click.option("--data", type=EXISTING_DIR, required=True, help="YOLO-layout or image folder.")
+@click.option("--out", type=DIR, required=True, help="Run folder (resumes if it has a checkpoint).")
+@click.option(
+    "--profile", "profile_name", default="demo", show_default=True, help="tiny | demo | thesis"
+)
+@click.option("--iterations", type=click.IntRange(1), help="Generator steps (profile default).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set batch_size=16.",
+)
+@click.option("--models", type=DIR, help="Also publish the result as the fine-tune base here.")
+def pretrain(
+    data: Path,
+    out: Path,
+    profile_name: str,
+    iterations: int | None,
+    overrides: tuple[str, ...],
+    models: Path | None,
+):
+    """Pretrain the generator and critic on a corpus of bin images."""
+    from training.pretrain import pretrain as run_pretrain
+    from training.pretrain import publish_pretrained
+
+    cfg = build_config(profile_name, iterations, overrides)
+    run = run_pretrain(cfg, data, out)
+    click.echo(f"pretrained {run.step} iterations in {out}")
+    if models is not None:
+        version = publish_pretrained(out, models)
+        click.echo(f"published base {version.name}/{version.version} to {models}")
+
+
+@cli.command()
+@click.option(
+    "--images",
+    type=EXISTING_DIR,
+    required=True,
+    help="The SKU's photos (5 to 100, PNG or JPEG, any size; ten recommended).",
+)
+@click.option("--sku", required=True, help="SKU name the model is published under.")
+@MODELS_OPTION
+@click.option(
+    "--base",
+    type=click.Path(exists=True, path_type=Path),
+    help="Pretrained run folder or checkpoint (default: the repository's _base).",
+)
+@click.option("--iterations", type=click.IntRange(1), help="Generator steps (profile default).")
+@click.option("--freeze-critic-blocks", type=click.IntRange(0), help="FreezeD: first k blocks.")
+@click.option("--out", type=DIR, help="Run folder (resumes if it has a checkpoint).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set augment=translation.",
+)
+@click.option(
+    "--status-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write progress JSON here (used by the service's job runner).",
+)
+def finetune(
+    images: Path,
+    sku: str,
+    models: Path,
+    base: Path | None,
+    iterations: int | None,
+    freeze_critic_blocks: int | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    status_file: Path | None,
+):
+    """Fine-tune the pretrained base on a new SKU's photos, then export and publish it."""
+    from training.config import parse_overrides
+    from training.finetune import finetune as run_finetune
+
+    changes = parse_overrides(list(overrides))
+    if iterations is not None:
+        changes["iterations"] = iterations
+    if freeze_critic_blocks is not None:
+        changes["freeze_critic_blocks"] = freeze_critic_blocks
+    version = run_finetune(
+        sku, images, models, out=out, base=base, overrides=changes, status_file=status_file
+    )
+    click.echo(f"published {sku} version {version.version} to {models}")
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Training run folder.")
+@click.option("--sku", required=True)
+@MODELS_OPTION
+def export(run_dir: Path, sku: str, models: Path):
+    """Export a run's generator to ONNX (parity-checked) and publish it as a new SKU version."""
+    from training.checkpoint import latest_checkpoint
+    from training.export import publish_generator
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise click.ClickException(f"run folder {run_dir} has no checkpoint")
+    version = publish_generator(checkpoint, sku, models, card={"run": str(run_dir.resolve())})
+    click.echo(
+        f"published {sku} version {version.version} "
+        f"(parity max abs {version.card['onnx_parity_max_abs']:.1e})"
+    )
+
+
+@cli.command()
+@click.option("--sku", required=True)
+@click.option("-n", "n", type=click.IntRange(1, 100_000), default=16, show_default=True)
+@click.option("--out", type=DIR, required=True)
+@MODELS_OPTION
+@click.option("--seed", type=int, help="Same seed, same images.")
+@click.option("--version", type=click.IntRange(1), help="Pin a model version (default newest).")
+def generate(sku: str, n: int, out: Path, models: Path, seed: int | None, version: int | None):
+    """Generate images of a SKU with its published ONNX generator."""
+    from training.generate import generate_images
+
+    paths = generate_images(sku, n, out, models, seed=seed, version=version)
+    click.echo(f"wrote {len(paths)} images to {out}")
+
+
+def main() -> None:
+    cli(prog_name="boxgen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Training configuration: one frozen dataclass with the thesis' defaults, and named profiles.
+
+`thesis` is the 2021 thesis' WGAN-GP at 256² (GPU); `demo` is the same recipe scaled to run on a
+2-core CPU in minutes; `tiny` runs in seconds for tests. Fine-tunes start from a profile and
+apply `FINETUNE` on top (the thesis used batch 8 for its ten-image runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Networks (thesis tables, see DESIGN.md section 1).
+    resolution: int = 256  # square image side, a power of two from 32 to 256
+    z_dim: int = 128  # latent size, z ~ N(0, 1)
+    g_channels: int = 64  # generator channels at resolution/2; doubles per halving
+    d_channels: int = 64  # critic channels of its first block; doubles per block
+    max_channels: int = 512  # channel cap for both networks
+    critic_norm: str = "layer"  # layer (WGAN-GP) | batch (GAN) | none
+
+    # Objective.
+    loss: str = "wgan"  # gan | lsgan | hinge | wgan
+    penalty: str = "wgan-gp"  # none | wgan-gp | dragan
+    penalty_weight: float = 10.0
+
+    # Optimisation (thesis: Adam 2e-4, beta1 0.5, batch 64, five critic steps per G step).
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_critic: int = 5
+    iterations: int = 40_000  # generator steps
+    ema_beta: float = 0.999  # generator EMA decay per generator step; 0 disables it
+
+    # Few-shot techniques (off in the thesis recipe).
+    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"
+    freeze_critic_blocks: int = 0  # FreezeD: first k critic blocks keep their base weights
+
+    # Data.
+    fit: str = "stretch"  # stretch (thesis) | letterbox
+
+    # Logging and checkpoints, in generator steps.
+    log_every: int = 10
+    sample_every: int = 250  # thesis: a 100-image grid every 250 generator steps
+    grid_size: int = 100
+    checkpoint_every: int = 500
+
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast when on CUDA; ignored on CPU
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+PROFILES: dict[str, TrainConfig] = {
+    "thesis": TrainConfig(),
+    "demo": TrainConfig(
+        resolution=64,
+        g_channels=32,
+        d_channels=32,
+        max_channels=256,
+        batch_size=32,
+        iterations=1500,
+        sample_every=250,
+        grid_size=64,
+        checkpoint_every=250,
+    ),
+    "tiny": TrainConfig(
+        resolution=32,
+        z_dim=16,
+        g_channels=8,
+        d_channels=8,
+        max_channels=32,
+        batch_size=8,
+        n_critic=2,
+        iterations=20,
+        log_every=2,
+        sample_every=10,
+        grid_size=16,
+        checkpoint_every=10,
+    ),
+}
+
+# What a ten-image fine-tune changes on top of its base profile.
+FINETUNE: dict[str, Any] = dict(
+    batch_size=8,
+    augment="color,translation,cutout",
+    freeze_critic_blocks=0,
+)
+
+
+def profile(name: str) -> TrainConfig:
+    """The named profile; unknown names raise ValueError listing the valid ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))}"
+        ) from None
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `key=value` strings, converting each value to the field's type."""
+    return cfg.replace(**parse_overrides(overrides))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`key=value` strings to typed config changes; bad keys or values raise ValueError."""
+    cfg = TrainConfig()
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(
+                f"bad override {item!r}: expected key=value with key one of {', '.join(fields)}"
+            )
+        kind = type(getattr(cfg, key))
+        try:
+            if kind is bool:
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError
+                changes[key] = raw.lower() in ("1", "true", "yes")
+            else:
+                changes[key] = kind(raw)
+        except ValueError:
+            raise ValueError(f"bad override {item!r}: {key} takes a {kind.__name__}") from None
+    return changes

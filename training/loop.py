@@ -1,0 +1,237 @@
+"""The GAN training loop, used by both pretraining and fine-tuning.
+
+`train()` reads top-down: build networks, restore state, then n_critic critic steps and one
+generator step per iteration, with the generator EMA, logging, sample grids and checkpoints
+delivered to callbacks. All randomness (batches, latents, penalty points, augmentation) comes
+from one CPU `torch.Generator` whose state is checkpointed, so a resumed run continues exactly
+where the interrupted one stopped: 2 + 2 iterations with a resume equal 4 straight.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.augment import diff_augment
+from training.checkpoint import LATEST, git_commit, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.losses import critic_loss, generator_loss, penalty
+from training.networks import Critic, Generator
+
+
+class Callback:
+    """Hooks the loop calls; subclasses override the ones they need."""
+
+    def on_train_start(self, run: Run) -> None: ...
+
+    def on_step_end(self, run: Run, metrics: dict[str, float]) -> None: ...
+
+    def on_sample(self, run: Run, images: torch.Tensor) -> None: ...
+
+    def on_checkpoint(self, run: Run, path: Path) -> None: ...
+
+    def on_train_end(self, run: Run) -> None: ...
+
+
+@dataclass
+class Run:
+    """Everything the loop owns, handed to callbacks."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    generator: Generator
+    critic: Critic
+    generator_ema: Generator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: torch.Generator
+    device: torch.device
+    step: int = 0
+    total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in checkpoints (e.g. parent)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "generator_ema": self.generator_ema.state_dict(),
+            "generator_args": self.generator.init_args(),
+            "critic_args": self.critic.init_args(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": self.rng.get_state(),
+            "git_commit": git_commit(),
+            "extra": self.extra,
+        }
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_networks(cfg: TrainConfig) -> tuple[Generator, Critic]:
+    generator = Generator(cfg.z_dim, cfg.resolution, cfg.g_channels, cfg.max_channels)
+    critic = Critic(cfg.resolution, cfg.d_channels, cfg.max_channels, cfg.critic_norm)
+    return generator, critic
+
+
+def check_compatible(cfg: TrainConfig, base: dict[str, Any]) -> None:
+    """A fine-tune must keep the base's network shapes; say which field differs."""
+    base_cfg = TrainConfig.from_dict(base["config"])
+    for name in ("resolution", "z_dim", "g_channels", "d_channels", "max_channels", "critic_norm"):
+        if getattr(cfg, name) != getattr(base_cfg, name):
+            raise ValueError(
+                f"{name}={getattr(cfg, name)} does not match the base model's "
+                f"{name}={getattr(base_cfg, name)}"
+            )
+
+
+def train(
+    cfg: TrainConfig,
+    images: torch.Tensor,
+    run_dir: Path,
+    callbacks: Sequence[Callback] = (),
+    base: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Run:
+    """Train until `cfg.iterations` generator steps, resuming from `run_dir` if it has a checkpoint.
+
+    images: the training set, [N, 3, R, R] in [-1, 1].
+    base: a checkpoint whose generator, EMA generator and critic weights to start from (fine-tune);
+        ignored when the run resumes from its own checkpoint.
+    """
+    run_dir = Path(run_dir)
+    device = pick_device()
+    if images.ndim != 4 or images.shape[-1] != cfg.resolution or images.shape[-2] != cfg.resolution:
+        raise ValueError(
+            f"images must be [N, 3, {cfg.resolution}, {cfg.resolution}], got {list(images.shape)}"
+        )
+
+    # Networks, EMA copy and optimisers.
+    torch.manual_seed(cfg.seed)  # weight init only; the loop's own draws use `rng`
+    generator, critic = build_networks(cfg)
+    generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(generator.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(critic.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    run = Run(cfg, run_dir, generator, critic, generator_ema, opt_g, opt_d, rng, device)
+    run.extra = dict(extra or {})
+
+    # Restore: our own checkpoint (resume) wins over the base (fine-tune start).
+    resume = run_dir / "checkpoints" / LATEST
+    if resume.is_file():
+        state = load_checkpoint(resume)
+        for name in ("generator", "critic", "generator_ema", "opt_g", "opt_d"):
+            getattr(run, name).load_state_dict(state[name])
+        rng.set_state(state["rng"])
+        run.step = state["step"]
+        run.extra = state.get("extra", run.extra)
+    elif base is not None:
+        check_compatible(cfg, base)
+        generator.load_state_dict(base["generator"])
+        generator_ema.load_state_dict(base["generator_ema"])
+        critic.load_state_dict(base["critic"])
+    critic.freeze_blocks(cfg.freeze_critic_blocks)
+    for module in (generator, critic, generator_ema):
+        module.to(device)
+    for opt in (opt_g, opt_d):  # optimiser state follows its parameters' device
+        for param_state in opt.state.values():
+            for key, value in param_state.items():
+                if torch.is_tensor(value) and key != "step":
+                    param_state[key] = value.to(device)
+    images = images.to(device)
+    run.total = cfg.iterations
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    sample_z = torch.randn(
+        cfg.grid_size, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)
+    ).to(device)  # fixed latents: grids show the same samples evolving
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.amp and device.type == "cuda"
+        else nullcontext()
+    )
+
+    def draw_batch() -> torch.Tensor:
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=rng)
+        return images[idx.to(device)]
+
+    def draw_z() -> torch.Tensor:
+        return torch.randn(cfg.batch_size, cfg.z_dim, generator=rng).to(device)
+
+    for cb in callbacks:
+        cb.on_train_start(run)
+    generator.train()
+    critic.train()
+    while run.step < cfg.iterations:
+        started = time.perf_counter()
+
+        # Critic: n_critic steps on fresh real batches and fresh fakes.
+        for _ in range(cfg.n_critic):
+            real = draw_batch()
+            with torch.no_grad(), autocast:
+                fake = generator(draw_z())
+            with autocast:
+                real_scores = critic(diff_augment(real, cfg.augment, rng))
+                fake_scores = critic(diff_augment(fake.float(), cfg.augment, rng))
+                loss_d = critic_loss(cfg.loss, real_scores.float(), fake_scores.float())
+            # The penalty differentiates through the critic twice; fp32 keeps it stable.
+            pen = penalty(cfg.penalty, critic, real, fake.float(), cfg.penalty_weight, rng)
+            opt_d.zero_grad(set_to_none=True)
+            (loss_d + pen.penalty).backward()
+            opt_d.step()
+
+        # Generator: one step through the (augmented) critic.
+        with autocast:
+            fake = generator(draw_z())
+            loss_g = generator_loss(cfg.loss, critic(diff_augment(fake, cfg.augment, rng)).float())
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        # Generator EMA: smoother samples than the raw generator, as in StyleGAN2-ADA.
+        with torch.no_grad():
+            beta = cfg.ema_beta
+            for p_ema, p in zip(generator_ema.parameters(), generator.parameters(), strict=True):
+                p_ema.lerp_(p.detach(), 1.0 - beta)
+            for b_ema, b in zip(generator_ema.buffers(), generator.buffers(), strict=True):
+                b_ema.copy_(b)
+        run.step += 1
+
+        # Logging, sample grids, checkpoints.
+        metrics = {
+            "step": run.step,
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "penalty": pen.penalty.item(),
+            "grad_norm": pen.grad_norm.item() if pen.grad_norm is not None else 0.0,
+            "wasserstein": (real_scores.float().mean() - fake_scores.float().mean()).item(),
+            "seconds_per_step": time.perf_counter() - started,
+        }
+        for cb in callbacks:
+            cb.on_step_end(run, metrics)
+        last = run.step == cfg.iterations
+        if run.step % cfg.sample_every == 0 or last:
+            with torch.no_grad():
+                grid = generator_ema(sample_z).float().cpu()
+            for cb in callbacks:
+                cb.on_sample(run, grid)
+        if run.step % cfg.checkpoint_every == 0 or last:
+            path = save_checkpoint(run.state_dict(), resume)
+            for cb in callbacks:
+                cb.on_checkpoint(run, path)
+
+    for cb in callbacks:
+        cb.on_train_end(run)
+    return run
