@@ -33,16 +33,6 @@ class BoxgenGroup(click.Group):
             raise click.ClickException(message) from None
 
 
-def parse_size(value: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 64x64") from None
-    if not (16 <= width <= 4096 and 16 <= height <= 4096):
-        raise click.BadParameter(f"{value!r}: each side must be 16 to 4096 pixels")
-    return width, height
-
-
 def build_config(profile_name: str, iterations: int | None, overrides: tuple[str, ...]):
     from training.config import apply_overrides, profile
 
@@ -83,7 +73,7 @@ def cli() -> None:
 )
 def demo_data(out: Path, groups: int, per_group: int, size: str, seed: int, first_group: int):
     """Render the built-in corpus of bins (YOLO layout: images/, labels/, data.yaml)."""
-    from training.render import write_corpus
+    from training.render import parse_size, write_corpus
 
     path = write_corpus(out, groups, per_group, parse_size(size), seed, first_group, progress=True)
     click.echo(f"wrote {groups * per_group} images to {path}")
@@ -211,6 +201,22 @@ def generate(sku: str, n: int, out: Path, models: Path, seed: int | None, versio
 
     paths = generate_images(sku, n, out, models, seed=seed, version=version)
     click.echo(f"wrote {len(paths)} images to {out}")
+
+
+@cli.command()
+@click.option("--out", type=DIR, default=Path("out/demo"), show_default=True)
+@click.option("--pretrain-iterations", type=click.IntRange(1), help="Override the demo's default.")
+@click.option("--finetune-iterations", type=click.IntRange(1), help="Override the demo's default.")
+def demo(out: Path, pretrain_iterations: int | None, finetune_iterations: int | None):
+    """Run the whole product on the built-in corpus: train, publish, serve, call /generate."""
+    from training.demo import DemoConfig, run_demo
+
+    changes = {
+        "pretrain_iterations": pretrain_iterations,
+        "finetune_iterations": finetune_iterations,
+    }
+    cfg = DemoConfig(**{k: v for k, v in changes.items() if v is not None})
+    run_demo(out, cfg)
 
 
 def main() -> None:

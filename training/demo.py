@@ -1,0 +1,179 @@
+"""The end-to-end demo behind `make demo`: corpus -> pretrain -> labeller -> fine-tune -> serve.
+
+Each step reuses what an earlier run left in the output folder (the corpus, finished runs, a
+published labeller), so running it again is fast; a fine-tune publishes a new version each time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.repository import BASE, LABELLER, ModelRepository
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    size: int = 64  # image side; the `demo` profile's resolution
+    pretrain_groups: int = 12  # product groups the base and the labeller learn from
+    per_group: int = 60  # arrangements per group
+    sku_group: int = 12  # a group neither the base nor the labeller ever saw
+    sku_photos: int = 10  # the "ten photos" a new SKU arrives with
+    sku_heldout: int = 40  # other real arrangements of the SKU, for evaluation
+    pretrain_iterations: int = 1000
+    finetune_iterations: int = 1000
+    labeller_model: str = "yolov5n.yaml"  # yolov5x.yaml in production; n fits the CPU budget
+    labeller_epochs: int = 30
+    generate_n: int = 64
+    sku: str = "demo-sku"
+    seed: int = 0
+
+
+def step(message: str) -> None:
+    click.secho(f"==> {message}", fg="cyan", bold=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def contact_sheet(paths: list[Path], out: Path, columns: int = 8) -> Path:
+    """Tile images into one PNG you can open."""
+    images = [Image.open(p).convert("RGB") for p in paths]
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * (w + 2), rows * (h + 2)), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * (w + 2), (i // columns) * (h + 2)))
+    sheet.save(out)
+    return out
+
+
+def call_service(models: Path, out: Path, sku: str, n: int) -> dict:
+    """Start `boxgen serve`, wait until ready, POST /generate, stop it; return the response."""
+    port = free_port()
+    log = open(out / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "serve", "--models", str(models),
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise click.ClickException(f"server exited; see {out / 'serve.log'}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"server not ready in 120 s; see {out / 'serve.log'}")
+            time.sleep(0.5)
+        response = httpx.post(
+            f"{url}/generate", json={"sku": sku, "n": n, "seed": 1, "format": "json"}, timeout=300
+        )
+        response.raise_for_status()
+        return response.json()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
+    from training.config import profile
+    from training.finetune import finetune
+    from training.generate import generate_images
+    from training.labeller import train_labeller
+    from training.pretrain import pretrain, publish_pretrained
+    from training.render import write_corpus
+
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    models = out / "models"
+    repo = ModelRepository(models)
+    corpus, photos, heldout = out / "corpus", out / "sku-photos", out / "sku-heldout"
+
+    step(f"1/6 built-in corpus: {cfg.pretrain_groups} groups x {cfg.per_group} bins")
+    size = (cfg.size, cfg.size)
+    if not (corpus / "data.yaml").is_file():
+        write_corpus(corpus, cfg.pretrain_groups, cfg.per_group, size, cfg.seed, progress=True)
+    if not (photos / "data.yaml").is_file():
+        sku = out / "sku-all"
+        n = cfg.sku_photos + cfg.sku_heldout
+        write_corpus(sku, 1, n, size, cfg.seed, first_group=cfg.sku_group)
+        names = sorted(p.name for p in (sku / "images").iterdir())
+        for folder, chosen in (
+            (photos, names[: cfg.sku_photos]),
+            (heldout, names[cfg.sku_photos :]),
+        ):
+            for sub in ("images", "labels"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            for name in chosen:
+                stem = Path(name).stem
+                shutil.copy(sku / "images" / name, folder / "images" / name)
+                shutil.copy(sku / "labels" / f"{stem}.txt", folder / "labels" / f"{stem}.txt")
+            shutil.copy(sku / "data.yaml", folder / "data.yaml")
+        shutil.rmtree(sku)
+
+    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)")
+    if not repo.versions(BASE):
+        pcfg = profile("demo").replace(iterations=cfg.pretrain_iterations, seed=cfg.seed)
+        pretrain(pcfg, corpus, out / "runs" / "base")
+        publish_pretrained(out / "runs" / "base", models)
+
+    step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
+    if not repo.versions(LABELLER):
+        train_labeller(corpus, cfg.labeller_model, cfg.labeller_epochs, cfg.size, models)
+
+    step(f"4/6 fine-tune on {cfg.sku_photos} photos of a product group the base never saw")
+    version = finetune(
+        cfg.sku,
+        photos / "images",
+        models,
+        out=out / "runs" / f"finetune-{int(time.time())}",
+        overrides={"iterations": cfg.finetune_iterations},
+    )
+    click.echo(f"published {cfg.sku} version {version.version}")
+
+    step(f"5/6 generate {cfg.generate_n} labelled images and a contact sheet")
+    generated = out / "generated"
+    shutil.rmtree(generated, ignore_errors=True)
+    paths = generate_images(cfg.sku, cfg.generate_n, generated, models, seed=cfg.seed)
+    sheet = contact_sheet(paths, out / "contact_sheet.png")
+    contact_sheet(sorted((photos / "images").iterdir()), out / "sku_photos.png")
+    click.echo(f"contact sheet: {sheet}")
+
+    step("6/6 serve the model and call POST /generate")
+    response = call_service(models, out, cfg.sku, 8)
+    served = out / "served"
+    served.mkdir(exist_ok=True)
+    for i, item in enumerate(response["images"]):
+        (served / f"{i:02d}.png").write_bytes(base64.b64decode(item["png"]))
+    summary = {k: v for k, v in response.items() if k != "images"}
+    (out / "generate_response.json").write_text(json.dumps(summary, indent=2))
+    boxes = [len(item.get("boxes", [])) for item in response["images"]]
+    click.echo(
+        f"/generate returned {len(response['images'])} images from {cfg.sku} version "
+        f"{response.get('version')}, boxes per image {np.mean(boxes) if boxes else 0:.1f}"
+    )
+    click.secho(f"demo finished in {time.monotonic() - started:.0f} s; open {sheet}", fg="green")

@@ -1,0 +1,625 @@
+"""Procedural bin images: the built-in demo corpus that stands in for the thesis' private photos.
+
+A camera looks straight down into a plastic warehouse bin holding 1-6 products of the thesis'
+four classes. Like the thesis data, images come in *groups*: one fixed set of products
+(classes, colours, sizes), decided by `(seed, group)`, photographed in many arrangements
+(positions, rotations, lighting). Products never overlap and always lie on the bin floor.
+
+Everything is drawn with signed distance functions (SDFs), so edges are anti-aliased at any
+size from 32×32 to 1280×720 without supersampling. Every YOLO box is the bounding box of the
+object's own rendered alpha mask (alpha >= 0.5), never of its nominal geometry, and shadows are
+not part of it.
+
+`render_image(..., partial=True)` cuts every product in half: a random half, mostly one end, is
+erased so the bin floor shows through, and its shadow is cut too. Such images imitate the
+thesis' "white" category (partial objects) for sanity checks of quality metrics; their labels
+box the visible half.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+CLASSES = ("tube", "bottle", "can", "spray")
+MIN_SIDE, MAX_SIDE = 32, 2048
+ALPHA_IN = 0.5  # a pixel belongs to an object (and its box) from this coverage on
+_STEM = re.compile(r"^g\d{3,}_\d{4,}\.(png|txt)$")
+
+__all__ = [
+    "CLASSES", "Placement", "Product", "Scene", "arrange", "bin_floor", "draw",
+    "labels_from_masks", "make_group", "make_product", "parse_size", "render_image",
+    "write_corpus",
+]
+
+
+# ----------------------------------------------------------------------- products
+
+
+@dataclass(frozen=True)
+class Product:
+    """One physical product: class, size (fractions of the floor's short side), colours."""
+
+    kind: str  # one of CLASSES
+    length: float  # along the long axis (cans: the diameter)
+    width: float  # across (cans: the diameter)
+    body: tuple[float, float, float]  # RGB in [0, 1]
+    accent: tuple[float, float, float]  # label print
+    cap: tuple[float, float, float]
+    stripes: int  # 1-3 printed stripes, to tell products of one class apart
+
+
+# Size ranges (length, width) and colour palettes per class; bodies first, then accents, caps.
+_SIZES = {"tube": ((0.50, 0.64), (0.15, 0.19)), "bottle": ((0.46, 0.60), (0.19, 0.25)),
+          "can": ((0.24, 0.31), None), "spray": ((0.52, 0.66), (0.16, 0.21))}
+_BODIES = {
+    "tube": [(0.95, 0.95, 0.93), (0.85, 0.2, 0.2), (0.2, 0.45, 0.85), (0.3, 0.7, 0.4),
+             (0.95, 0.78, 0.25)],
+    "bottle": [(0.35, 0.6, 0.9), (0.4, 0.75, 0.45), (0.8, 0.5, 0.18), (0.92, 0.92, 0.95),
+               (0.9, 0.5, 0.65)],
+    "can": [(0.8, 0.1, 0.12), (0.1, 0.3, 0.75), (0.1, 0.55, 0.25), (0.08, 0.08, 0.09),
+            (0.95, 0.8, 0.1), (0.85, 0.85, 0.88)],
+    "spray": [(0.1, 0.1, 0.12), (0.95, 0.95, 0.95), (0.95, 0.45, 0.1), (0.5, 0.25, 0.6),
+              (0.6, 0.8, 0.15)],
+}
+_ACCENTS = [(0.98, 0.98, 0.97), (0.95, 0.85, 0.15), (0.9, 0.15, 0.15), (0.15, 0.3, 0.8),
+            (0.1, 0.1, 0.1), (0.2, 0.65, 0.3), (0.95, 0.55, 0.1)]
+_METAL = np.array([0.74, 0.75, 0.78], np.float32)
+
+
+def _pick(rng: np.random.Generator, palette, avoid=None) -> tuple[float, float, float]:
+    """A palette colour (jittered), different enough from `avoid` to be visible on it."""
+    options = [c for c in palette if avoid is None or np.abs(np.subtract(c, avoid)).sum() > 0.6]
+    base = np.array(options[int(rng.integers(len(options)))])
+    return tuple(round(float(c), 3) for c in np.clip(base + rng.uniform(-0.04, 0.04, 3), 0, 1))
+
+
+def make_product(kind: str, scale: float, rng: np.random.Generator) -> Product:
+    """A random product of class `kind`, `scale` times its class' usual size."""
+    (l0, l1), widths = _SIZES[kind]
+    length = rng.uniform(l0, l1) * scale
+    width = length if widths is None else rng.uniform(*widths) * scale
+    body = _pick(rng, _BODIES[kind])
+    return Product(kind, round(float(length), 4), round(float(width), 4), body,
+                   _pick(rng, _ACCENTS, body), _pick(rng, _ACCENTS, body), int(rng.integers(1, 4)))
+
+
+def _rbox(u, v, cu, hu, hv, r):
+    """SDF of a rounded box centred at (cu, 0) with half extents (hu, hv), corner radius r."""
+    qx, qy = np.abs(u - cu) - hu + r, np.abs(v) - hv + r
+    return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - r
+
+
+def _trap(u, v, u0, u1, h0, h1):
+    """SDF of a symmetric trapezoid from u0 (half-width h0) to u1 (half-width h1)."""
+    he, px, py = (u1 - u0) / 2, np.abs(v), u - (u0 + u1) / 2
+    k2x, k2y = h1 - h0, 2 * he
+    cax, cay = px - np.minimum(px, np.where(py < 0, h0, h1)), np.abs(py) - he
+    t = np.clip(((h1 - px) * k2x + (he - py) * k2y) / (k2x**2 + k2y**2), 0, 1)
+    cbx, cby = px - h1 + k2x * t, py - he + k2y * t
+    sign = np.where((cbx < 0) & (cay < 0), -1.0, 1.0)
+    return sign * np.sqrt(np.minimum(cax**2 + cay**2, cbx**2 + cby**2))
+
+
+def _cylinder(v, hw, light_v, shine, sharp):
+    """Diffuse and specular shading across a cylinder lying along u."""
+    t = np.clip(v / hw, -1, 1)
+    diffuse = 0.5 + 0.38 * np.sqrt(1 - t**2) + 0.12 * t * light_v
+    return diffuse, shine * np.exp(-(((t - 0.5 * light_v) / sharp) ** 2))
+
+
+def _col(rgb, shade, highlight=0.0):
+    return np.asarray(rgb, np.float32) * shade[..., None] + np.asarray(highlight)[..., None]
+
+
+def _tube(p, s, u, v, light):
+    """Toothpaste tube: crimped flat end, tapering body, shoulder, screw cap."""
+    length, hw = p.length * s, p.width * s / 2
+    a, b, crimp, cap = -length / 2, length / 2, 0.08 * length, 0.13 * length
+    u_sh = b - cap - 0.06 * length
+    dif, hi = _cylinder(v, hw, light[1], 0.25, 0.35)
+    body = _trap(u, v, a + 0.8 * crimp, u_sh, hw, 0.8 * hw)
+    band = np.maximum(body, np.abs(u + 0.02 * length) - 0.17 * length)
+    layers = [
+        (_rbox(u, v, a + crimp / 2, crimp / 2, hw, 0.1 * hw),
+         lambda: _col(p.body, 0.8 + 0.12 * np.sign(np.sin(v * np.pi / max(0.8, 0.1 * hw))))),
+        (body, lambda: _col(p.body, dif, hi)),
+        (band, lambda: _col(p.accent, dif, hi)),
+        (_trap(u, v, u_sh - 0.5, u_sh + 0.06 * length, 0.8 * hw, 0.45 * hw),
+         lambda: _col(p.body, dif * 0.9, hi)),
+        (_rbox(u, v, b - cap / 2, cap / 2, 0.47 * hw, 0.2 * hw), lambda: _col(p.cap, dif, hi)),
+    ]
+    for k in range(p.stripes):  # thin printed lines across the label band
+        uk = -0.15 * length + (k + 1) * 0.26 * length / (p.stripes + 1)
+        layers.append((np.maximum(band, np.abs(u - uk) - 0.012 * length - 0.3),
+                       lambda: _col(p.cap, dif, hi)))
+    return layers
+
+
+def _bottle(p, s, u, v, light):
+    """Plastic bottle lying down: glossy body, label, shoulder, neck, ribbed cap."""
+    length, hw = p.length * s, p.width * s / 2
+    a, b, cap, neck = -length / 2, length / 2, 0.1 * length, 0.07 * length
+    u_sh = b - cap - neck - 0.14 * length
+    dif, hi = _cylinder(v, hw, light[1], 0.55, 0.12)
+    body = _rbox(u, v, (a + u_sh) / 2, (u_sh - a) / 2, hw, 0.35 * hw)
+    label = np.maximum(body, np.abs(u - (a + 0.36 * length)) - 0.19 * length)
+    layers = [
+        (body, lambda: _col(p.body, 0.15 + 0.85 * dif, hi)),
+        (label, lambda: _col(p.accent, dif, 0.4 * hi)),
+        (_trap(u, v, u_sh - 0.5, u_sh + 0.14 * length, 0.98 * hw, 0.36 * hw),
+         lambda: _col(p.body, 0.15 + 0.85 * dif, hi)),
+        (_rbox(u, v, b - cap - neck / 2 + 0.5, neck / 2 + 0.5, 0.36 * hw, 0.05 * hw),
+         lambda: _col(p.body, 0.1 + 0.8 * dif, hi)),
+        (_rbox(u, v, b - cap / 2, cap / 2, 0.5 * hw, 0.15 * hw),
+         lambda: _col(p.cap, dif * (0.9 + 0.1 * np.sin(v * 2 * np.pi / max(1.0, 0.15 * hw))))),
+    ]
+    for k in range(p.stripes):  # "text" lines along the label
+        vk = (k + 1) / (p.stripes + 1) * 1.2 * hw - 0.6 * hw
+        layers.append((np.maximum(label, np.maximum(np.abs(v - vk) - 0.05 * hw - 0.25,
+                                                    np.abs(u - (a + 0.36 * length))
+                                                    - 0.12 * length)),
+                       lambda: _col(p.cap, dif * 0.8)))
+    return layers
+
+
+def _can(p, s, u, v, light):
+    """Drink can from above: coloured body edge, bright rim, lid with score line and tab."""
+    r = p.length * s / 2
+    lit = 0.85 + 0.15 * (u * light[0] + v * light[1]) / r
+    score = _rbox(u, v, -0.3 * r, 0.26 * r, 0.2 * r, 0.15 * r)
+    return [
+        (np.hypot(u, v) - r, lambda: _col(p.body, lit * 0.9)),
+        (np.abs(np.hypot(u, v) - 0.91 * r) - 0.025 * r - 0.2, lambda: _col(p.accent, lit)),
+        (np.hypot(u, v) - 0.84 * r, lambda: _col(_METAL, lit * 1.15)),
+        (np.hypot(u, v) - 0.73 * r, lambda: _col(_METAL, lit * (0.75 + 0.1 * np.hypot(u, v) / r))),
+        (np.abs(score) - 0.03 * r - 0.2, lambda: _col(_METAL, lit * 0.55)),
+        (_rbox(u, v, 0.2 * r, 0.3 * r, 0.17 * r, 0.16 * r), lambda: _col(_METAL, lit * 1.1)),
+        (_rbox(u, v, 0.32 * r, 0.1 * r, 0.08 * r, 0.07 * r), lambda: _col(_METAL, lit * 0.45)),
+        (np.hypot(u, v) - 0.07 * r, lambda: _col(_METAL, lit * 0.95)),
+    ]
+
+
+def _spray(p, s, u, v, light):
+    """Aerosol can lying down: metal base, printed body, domed shoulder, cap with nozzle."""
+    length, hw = p.length * s, p.width * s / 2
+    a, b, cap = -length / 2, length / 2, 0.2 * length
+    u_d = b - cap - 0.06 * length
+    dif, hi = _cylinder(v, hw, light[1], 0.6, 0.1)
+    body = _rbox(u, v, (a + 0.03 * length + u_d) / 2, (u_d - a - 0.03 * length) / 2, hw, 0.1 * hw)
+    label = np.maximum(body, np.maximum(np.abs(v) - 0.42 * hw,
+                                        np.abs(u - (a + u_d) / 2) - 0.3 * length))
+    layers = [
+        (_rbox(u, v, a + 0.025 * length, 0.025 * length, 0.95 * hw, 0.1 * hw),
+         lambda: _col(_METAL, dif, hi)),
+        (body, lambda: _col(p.body, dif, hi)),
+        (label, lambda: _col(p.accent, dif, 0.5 * hi)),
+        (_trap(u, v, u_d - 0.5, u_d + 0.08 * length, 0.97 * hw, 0.7 * hw),
+         lambda: _col(_METAL, dif, hi)),
+        (_rbox(u, v, b - cap / 2, cap / 2, 0.74 * hw, 0.3 * hw), lambda: _col(p.cap, dif, hi)),
+        (_rbox(u, v, b - 0.06 * length, 0.035 * length, 0.18 * hw, 0.05 * hw),
+         lambda: _col((0.08, 0.08, 0.08), dif)),
+    ]
+    for k in range(p.stripes):  # printed bands across the body
+        uk = a + 0.1 * length + k * 0.05 * length
+        layers.append((np.maximum(body, np.abs(u - uk) - 0.012 * length - 0.3),
+                       lambda: _col(p.cap, dif, hi)))
+    return layers
+
+
+PRODUCT_PAINTERS = {"tube": _tube, "bottle": _bottle, "can": _can, "spray": _spray}
+
+
+def make_group(seed: int, group: int) -> list[Product]:
+    """The fixed product set of `group` for `seed`: 1-6 products, largest first."""
+    if seed < 0 or group < 0:
+        raise ValueError(f"seed and group must be >= 0, got seed={seed}, group={group}")
+    rng = np.random.default_rng([seed, group, 0x67])
+    count = int(rng.integers(1, 7))
+    # Crowded bins get smaller products so that random placement always finds room.
+    scale = 1.12 - 0.08 * count
+    products = [make_product(CLASSES[int(rng.integers(len(CLASSES)))], scale, rng)
+                for _ in range(count)]
+    return sorted(products, key=lambda p: -p.length * p.width)
+
+
+# ---------------------------------------------------------------- bin geometry and background
+
+
+@dataclass(frozen=True)
+class _Bin:
+    outer: tuple[float, float, float, float]  # x0, y0, x1, y1 of the bin's outer rim
+    rim: tuple[float, float, float, float]  # inner edge of the rim = top of the inner walls
+    floor: tuple[float, float, float, float]
+
+
+def _bin(size: tuple[int, int]) -> _Bin:
+    w, h = size
+    m = min(w, h)
+    pad, rim, wall = 0.025 * m, 0.03 * m, 0.085 * m
+
+    def inset(d: float) -> tuple[float, float, float, float]:
+        return (d, d, w - d, h - d)
+
+    return _Bin(inset(pad), inset(pad + rim), inset(pad + rim + wall))
+
+
+def bin_floor(size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The bin floor `(x0, y0, x1, y1)` in pixels for an image of `size` (W, H)."""
+    return _bin(size).floor
+
+
+def _round_box(x, y, rect, radius):
+    """SDF of a rounded rectangle given as (x0, y0, x1, y1)."""
+    cx, cy = (rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2
+    qx = np.abs(x - cx) - (rect[2] - rect[0]) / 2 + radius
+    qy = np.abs(y - cy) - (rect[3] - rect[1]) / 2 + radius
+    outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
+    return outside + np.minimum(np.maximum(qx, qy), 0) - radius
+
+
+def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a random grid upsampled bicubically.  # [H, W]"""
+    w, h = size
+    grid = rng.uniform(0, 255, (max(2, cells * h // max(w, h)), max(2, cells * w // max(w, h))))
+    img = Image.fromarray(grid.astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    return np.asarray(img, np.float32) / 127.5 - 1
+
+
+@lru_cache(maxsize=4)
+def _background(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unlit bin: albedo [H, W, 3], wall index [H, W] (-1 off walls), floor edge distances.
+
+    The bin is the same physical bin in every image, so its texture is fixed (seeded) and cached.
+    """
+    w, h = size
+    geo, m = _bin(size), min(w, h)
+    rng = np.random.default_rng(20211)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    plastic = np.array([0.30, 0.38, 0.47], np.float32)  # grey-blue tote
+    albedo = np.empty((h, w, 3), np.float32)
+    # Outside the bin: a dark conveyor with a little texture.
+    albedo[:] = np.array([0.16, 0.16, 0.17], np.float32)
+    albedo *= (1 + 0.06 * _smooth_noise(rng, size, 24))[..., None]
+
+    d_outer = _round_box(x, y, geo.outer, 0.06 * m)
+    d_rim = _round_box(x, y, geo.rim, 0.035 * m)
+    d_floor = _round_box(x, y, geo.floor, 0.02 * m)
+    inside = np.clip(0.5 - d_outer, 0, 1)[..., None]
+    # Rim: the wall's flat top, brighter, with a highlight on its inner lip.
+    lip = np.exp(-((d_rim + 0.15 * 0.03 * m) / max(0.6, 0.006 * m)) ** 2)
+    rim_col = plastic * 1.25 + 0.08 * lip[..., None]
+    # Inner walls: four trapezoids between rim and floor; t is depth (0 at rim, 1 at floor).
+    fx0, fy0, fx1, fy1 = geo.floor
+    rx0, ry0, rx1, ry1 = geo.rim
+    depth = np.stack([(x - rx0) / (fx0 - rx0), (y - ry0) / (fy0 - ry0),
+                      (rx1 - x) / (rx1 - fx1), (ry1 - y) / (ry1 - fy1)])
+    wall_idx = np.argmin(depth, axis=0).astype(np.int8)  # 0 left, 1 top, 2 right, 3 bottom
+    t = np.clip(depth.min(axis=0), 0, 1)
+    along = np.where(wall_idx % 2 == 0, y, x)  # coordinate along each wall, for moulded ribs
+    period = max(4.0, 0.045 * m)
+    ribs = 1 + 0.05 * np.sin(2 * np.pi * along / period) * (m >= 96)
+    wall_col = plastic * ((1.05 - 0.35 * t) * ribs)[..., None]
+    # Floor: mottled plastic with a faint moulded grid, scuffs and dust.
+    floor_col = plastic * 0.92 * (1 + 0.07 * _smooth_noise(rng, size, 12)
+                                  + 0.03 * _smooth_noise(rng, size, 48))[..., None]
+    cell = max(6.0, 0.16 * m)
+    gx, gy = np.abs(((x - fx0) % cell) - cell / 2), np.abs(((y - fy0) % cell) - cell / 2)
+    groove = np.exp(-((cell / 2 - np.maximum(gx, gy)) / max(0.5, 0.004 * m)) ** 2)
+    floor_col *= (1 - 0.10 * groove)[..., None]
+    for _ in range(int(rng.integers(6, 12))):  # scuffs: faint short pale streaks
+        sx, sy = rng.uniform(fx0, fx1), rng.uniform(fy0, fy1)
+        ang, ln = rng.uniform(0, np.pi), rng.uniform(0.03, 0.12) * m
+        u = (x - sx) * np.cos(ang) + (y - sy) * np.sin(ang)
+        v = -(x - sx) * np.sin(ang) + (y - sy) * np.cos(ang)
+        d = np.hypot(np.maximum(np.abs(u) - ln / 2, 0), v) - max(0.4, 0.003 * m)
+        floor_col += (0.035 * np.clip(0.5 - d, 0, 1))[..., None]
+    dust = rng.random((h, w)) < 0.004
+    floor_col[dust] *= 1.25
+
+    a_floor = np.clip(0.5 - d_floor, 0, 1)[..., None]
+    a_rim = np.clip(0.5 - d_rim, 0, 1)[..., None]
+    bin_col = rim_col * (1 - a_rim) + (wall_col * (1 - a_floor) + floor_col * a_floor) * a_rim
+    albedo = albedo * (1 - inside) + bin_col * inside
+    # Ambient occlusion where floor meets walls.
+    edge = np.stack([x - fx0, y - fy0, fx1 - x, fy1 - y])  # distance to each floor edge
+    ao = 1 - 0.25 * np.exp(-np.clip(edge.min(axis=0), 0, None) / (0.03 * m))
+    albedo[..., :] *= np.where(a_floor[..., 0] > 0, ao, 1)[..., None]
+    wall_idx[(a_rim[..., 0] < 0.5) | (a_floor[..., 0] > 0.5)] = -1
+    return albedo, wall_idx, np.where(a_floor[..., 0] > 0, edge, np.inf).astype(np.float32)
+
+
+# ----------------------------------------------------------------------- arrangement
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One product on the floor: centre in pixels, rotation of its long axis, optional cut."""
+
+    product: Product
+    cx: float
+    cy: float
+    angle: float  # radians, long axis from +x towards +y
+    cut: float | None = None  # direction (radians, local frame) of the erased half, or None
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything that decides one image's pixels; `draw` is a pure function of it."""
+
+    size: tuple[int, int]  # (W, H)
+    placements: tuple[Placement, ...]
+    to_light: tuple[float, float]  # unit vector in image coordinates pointing at the lamp
+    brightness: float
+    gradient: float  # strength of the brightness ramp towards the lamp
+    vignette: float
+    tint: tuple[float, float, float]  # white-balance multipliers
+    noise_sigma: float  # sensor noise, fraction of full scale
+    noise_seed: int
+
+
+def _footprint(p: Placement, s: float) -> tuple[float, float, float, float, float, float]:
+    """The placement's oriented box: centre, half length, half width, cos and sin of angle."""
+    return (p.cx, p.cy, p.product.length * s / 2, p.product.width * s / 2,
+            math.cos(p.angle), math.sin(p.angle))
+
+
+def _separated(a: tuple, b: tuple, gap: float) -> bool:
+    """Separating-axis test for two oriented boxes, demanding `gap` pixels of clearance."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    for _, _, _, _, c, s in (a, b):
+        for nx, ny in ((c, s), (-s, c)):  # each box's two edge normals
+            ra = a[2] * abs(a[4] * nx + a[5] * ny) + a[3] * abs(-a[5] * nx + a[4] * ny)
+            rb = b[2] * abs(b[4] * nx + b[5] * ny) + b[3] * abs(-b[5] * nx + b[4] * ny)
+            if abs(dx * nx + dy * ny) >= ra + rb + gap:
+                return True
+    return False
+
+
+def arrange(products: list[Product], size: tuple[int, int], rng: np.random.Generator,
+            partial: bool = False) -> Scene:
+    """A new arrangement and lighting of `products` in a bin image of `size` (W, H)."""
+    _check_size(size)
+    if not 1 <= len(products) <= 6:
+        raise ValueError(f"a bin holds 1 to 6 products, got {len(products)}")
+    x0, y0, x1, y1 = bin_floor(size)
+    s = min(x1 - x0, y1 - y0)
+    gap, edge = max(1.05, 0.02 * s), max(1.0, 0.015 * s)  # >= 1 px: no shared edge pixel
+    for _ in range(200):  # restart when a crowded bin paints itself into a corner
+        placed: list[Placement] = []
+        for product in products:
+            for _ in range(100):
+                angle = float(rng.uniform(0, 2 * np.pi))
+                hl, hw = product.length * s / 2, product.width * s / 2
+                ex = hl * abs(math.cos(angle)) + hw * abs(math.sin(angle))  # half extents
+                ey = hl * abs(math.sin(angle)) + hw * abs(math.cos(angle))
+                if x0 + edge + ex > x1 - edge - ex or y0 + edge + ey > y1 - edge - ey:
+                    continue  # too long for the floor at this angle
+                cx = rng.uniform(x0 + edge + ex, x1 - edge - ex)
+                cy = rng.uniform(y0 + edge + ey, y1 - edge - ey)
+                cut = float(rng.uniform(-0.6, 0.6) + rng.integers(2) * np.pi) if partial else None
+                p = Placement(product, float(cx), float(cy), angle, cut)
+                quad = _footprint(p, s)
+                if all(_separated(quad, _footprint(q, s), gap) for q in placed):
+                    placed.append(p)
+                    break
+            else:
+                break
+        if len(placed) == len(products):
+            break
+    else:
+        raise ValueError(f"{len(products)} products do not fit side by side in a {size} bin")
+    angle = np.deg2rad(-120 + rng.uniform(-30, 30))  # lamp up-left of the bin, jittered
+    return Scene(
+        size=tuple(size), placements=tuple(placed),
+        to_light=(float(np.cos(angle)), float(np.sin(angle))),
+        brightness=float(rng.uniform(0.85, 1.1)), gradient=float(rng.uniform(0.05, 0.2)),
+        vignette=float(rng.uniform(0.15, 0.35)),
+        tint=tuple(float(t) for t in 1 + rng.uniform(-0.03, 0.03, 3)),
+        noise_sigma=float(rng.uniform(0.006, 0.018)), noise_seed=int(rng.integers(2**31)))
+
+
+# ----------------------------------------------------------------------- drawing
+
+
+def _local(p: Placement, box: tuple[int, int, int, int], shift=(0.0, 0.0)):
+    """Pixel centres of `box` (x0, y0, x1, y1) in the product's frame: u along, v across."""
+    y, x = np.mgrid[box[1]:box[3], box[0]:box[2]].astype(np.float32) + 0.5
+    dx, dy = x - p.cx - shift[0], y - p.cy - shift[1]
+    c, s = math.cos(p.angle), math.sin(p.angle)
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _crop(p: Placement, s: float, size: tuple[int, int], grow: float) -> tuple[int, ...]:
+    r = 0.5 * math.hypot(p.product.length, p.product.width) * s + 2 + grow
+    return (max(0, int(p.cx - r)), max(0, int(p.cy - r)),
+            min(size[0], int(p.cx + r) + 1), min(size[1], int(p.cy + r) + 1))
+
+
+def _cut_sdf(p: Placement, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Negative on the kept half of a cut product."""
+    return -(u * math.cos(p.cut) + v * math.sin(p.cut))
+
+
+def _paint(p: Placement, s: float, scene: Scene, size) -> tuple[tuple[int, ...], np.ndarray,
+                                                                np.ndarray]:
+    """Premultiplied colour [h, w, 3] and alpha [h, w] of one product, with its crop box."""
+    box = _crop(p, s, size, 0)
+    u, v = _local(p, box)
+    c, sn = math.cos(p.angle), math.sin(p.angle)
+    lx, ly = scene.to_light
+    # Where the lamp sits in the product's frame (for highlights on cylinders).
+    light_local = (lx * c + ly * sn, -lx * sn + ly * c)
+    layers = PRODUCT_PAINTERS[p.product.kind](p.product, s, u, v, light_local)
+    prem = np.zeros(u.shape + (3,), np.float32)
+    alpha = np.zeros(u.shape, np.float32)
+    for d, colour in layers:
+        a = np.clip(0.5 - d, 0, 1)
+        prem = prem * (1 - a[..., None]) + colour() * a[..., None]
+        alpha = alpha * (1 - a) + a
+    if p.cut is not None:
+        keep = np.clip(0.5 - _cut_sdf(p, u, v), 0, 1)
+        prem, alpha = prem * keep[..., None], alpha * keep
+    return box, prem, alpha
+
+
+def _shadow(p: Placement, s: float, scene: Scene, size) -> tuple[tuple[int, ...], np.ndarray]:
+    """Soft drop shadow [h, w] cast away from the lamp."""
+    height, blur = 0.07 * s, max(0.8, 0.03 * s)
+    shift = (-scene.to_light[0] * height, -scene.to_light[1] * height)
+    box = _crop(p, s, size, height + 2 * blur)
+    u, v = _local(p, box, shift)
+    d = np.min([d for d, _ in PRODUCT_PAINTERS[p.product.kind](p.product, s, u, v, (0, 0))],
+               axis=0)
+    if p.cut is not None:
+        d = np.maximum(d, _cut_sdf(p, u, v))
+    return box, 0.6 * np.clip(0.5 - d / (2 * blur), 0, 1) ** 1.5
+
+
+def draw(scene: Scene, shadows: bool = True, noise: bool = True, omit: int | None = None
+         ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pixels [H, W, 3] uint8 of a scene, and each placement's alpha mask [H, W] float32.
+
+    `omit` leaves one placement out (its mask is all zero); with `shadows=False, noise=False`
+    the difference of two draws is exactly that product's pixels, which tests use.
+    """
+    w, h = scene.size
+    albedo, wall_idx, edge = _background(scene.size)
+    img = albedo.copy()
+    geo = _bin(scene.size)
+    s = min(geo.floor[2] - geo.floor[0], geo.floor[3] - geo.floor[1])
+    lx, ly = scene.to_light
+    # Walls facing the lamp are bright, the others dim; walls near the lamp shade the floor.
+    normals = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.float32)
+    facing = np.append(0.75 + 0.4 * (normals @ np.array([lx, ly], np.float32)), 1.0)
+    img *= facing[wall_idx][..., None]  # index -1 picks the trailing 1.0
+    wall_shadow = sum(max(0.0, -n @ (lx, ly)) * np.exp(-edge[i] / (0.05 * s))
+                      for i, n in enumerate(normals))
+    img *= (1 - 0.3 * np.minimum(wall_shadow, 1))[..., None]
+    masks = [np.zeros((h, w), np.float32) for _ in scene.placements]
+    drawn = [i for i in range(len(scene.placements)) if i != omit]
+    if shadows:
+        for i in drawn:
+            (bx0, by0, bx1, by1), sh = _shadow(scene.placements[i], s, scene, scene.size)
+            img[by0:by1, bx0:bx1] *= (1 - sh)[..., None]
+    for i in drawn:
+        (bx0, by0, bx1, by1), prem, alpha = _paint(scene.placements[i], s, scene, scene.size)
+        region = img[by0:by1, bx0:bx1]
+        region *= (1 - alpha)[..., None]
+        region += prem
+        masks[i][by0:by1, bx0:bx1] = alpha
+    # Lighting: overall level, a ramp towards the lamp, vignette, white balance.
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    nx, ny = (x + 0.5) / w * 2 - 1, (y + 0.5) / h * 2 - 1
+    light = scene.brightness * (1 + scene.gradient * (nx * lx + ny * ly)) * (
+        1 - scene.vignette * (nx**2 + ny**2) / 2)
+    img *= light[..., None] * np.array(scene.tint, np.float32)
+    if noise:
+        rng = np.random.default_rng(scene.noise_seed)
+        img += rng.normal(0, scene.noise_sigma, img.shape).astype(np.float32)
+        img += rng.normal(0, scene.noise_sigma * 0.5, (h, w, 1)).astype(np.float32)
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), masks
+
+
+def labels_from_masks(scene: Scene, masks: list[np.ndarray]) -> np.ndarray:
+    """YOLO rows (cls, cx, cy, w, h), normalised, from each mask's alpha >= 0.5 pixels.
+
+    `masks` come from `draw(scene)` with nothing omitted: every mask must hold its object.
+    """
+    w, h = scene.size
+    rows = []
+    for p, mask in zip(scene.placements, masks, strict=True):
+        ys, xs = np.nonzero(mask >= min(ALPHA_IN, float(mask.max())))
+        bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        rows.append([CLASSES.index(p.product.kind), (bx0 + bx1) / 2 / w, (by0 + by1) / 2 / h,
+                     (bx1 - bx0) / w, (by1 - by0) / h])
+    return np.array(rows, np.float64).reshape(-1, 5)
+
+
+def render_image(products: list[Product], size: tuple[int, int], rng: np.random.Generator,
+                 partial: bool = False, return_masks: bool = False):
+    """One bin image of `products` in a new arrangement: `(PIL image, labels [k, 5])`.
+
+    Labels are YOLO rows `cls cx cy w h` (normalised), one per product, in `products` order.
+    `partial=True` cuts every product in half (see the module docstring). `return_masks=True`
+    appends the list of per-product alpha masks [H, W] the boxes were computed from.
+    """
+    scene = arrange(products, size, rng, partial=partial)
+    pixels, masks = draw(scene)
+    labels = labels_from_masks(scene, masks)
+    image = Image.fromarray(pixels, "RGB")
+    return (image, labels, masks) if return_masks else (image, labels)
+
+
+# ----------------------------------------------------------------------- corpus
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`"256x256"` (or `256×256`, `256X256`) -> (256, 256), checking the allowed range."""
+    match = re.fullmatch(r"\s*(\d+)\s*[x×X]\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"image size must look like 256x256 (W x H), got {text!r}")
+    size = (int(match[1]), int(match[2]))
+    _check_size(size)
+    return size
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    if len(size) != 2 or not all(MIN_SIDE <= int(v) <= MAX_SIDE for v in size):
+        raise ValueError(f"image size must be W×H with sides {MIN_SIDE}..{MAX_SIDE}, got {size}")
+
+
+def _prepare(out: Path) -> None:
+    """Make `out` ready; refuse to write into a folder that holds anything but a corpus."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "groups.json").exists():
+        raise ValueError(f"{out} is not empty and holds no corpus; choose an empty folder")
+    for sub in ("images", "labels"):  # drop a previous corpus' files so none go stale
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for f in (out / sub).iterdir():
+            if _STEM.match(f.name):
+                f.unlink()
+
+
+def write_corpus(out: Path, groups: int, per_group: int, size: tuple[int, int] = (256, 256),
+                 seed: int = 0, first_group: int = 0, progress: bool = False) -> Path:
+    """Render groups `first_group .. first_group+groups-1`, `per_group` images each, into `out`.
+
+    Writes `images/g{group:03d}_{index:04d}.png`, `labels/<stem>.txt` (YOLO, 6 decimals),
+    `data.yaml` (Ultralytics, absolute `path`) and `groups.json` (group -> products).
+    Deterministic: the same arguments give byte-identical files. Returns `out`.
+    """
+    if groups < 1 or per_group < 1 or first_group < 0 or seed < 0:
+        raise ValueError("groups and per_group must be >= 1, first_group and seed >= 0")
+    size = (int(size[0]), int(size[1]))
+    _check_size(size)
+    out = Path(out)
+    _prepare(out)
+    catalogue = {}
+    bar = tqdm(total=groups * per_group, desc="rendering bins", unit="img", disable=not progress)
+    for g in range(first_group, first_group + groups):
+        products = make_group(seed, g)
+        catalogue[str(g)] = [asdict(p) for p in products]
+        for i in range(per_group):
+            image, labels = render_image(products, size, np.random.default_rng([seed, g, i, 0x1A]))
+            stem = f"g{g:03d}_{i:04d}"
+            image.save(out / "images" / f"{stem}.png", compress_level=1)  # 6x faster than 6
+            lines = [f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}" for r in labels]
+            (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+            bar.update()
+    bar.close()
+    (out / "groups.json").write_text(json.dumps(catalogue, indent=1) + "\n")
+    spec = {"path": str(out.resolve()), "train": "images", "val": "images",
+            "nc": len(CLASSES), "names": dict(enumerate(CLASSES))}
+    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
