@@ -20,7 +20,7 @@ MODELS_OPTION = click.option(
     help="Model repository folder.",
 )
 
-# Errors a user can cause: printed as one line, exit status 2, never a traceback.
+# Errors a user can cause: printed as one line, exit status 1, never a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModelNotFound)
 
 
