@@ -49,9 +49,11 @@ class TrainConfig:
     sample_every: int = 250  # thesis: a 100-image grid every 250 generator steps
     grid_size: int = 100
     checkpoint_every: int = 500
+    eval_samples: int = 300  # fine-tunes judge each checkpoint on this many samples (thesis: 300)
 
     seed: int = 0
     amp: bool = True  # bfloat16 autocast when on CUDA; ignored on CPU
+    deterministic: bool = False  # deterministic CUDA kernels (bit-exact resume on GPU, slower)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -91,6 +93,7 @@ PROFILES: dict[str, TrainConfig] = {
         sample_every=10,
         grid_size=16,
         checkpoint_every=10,
+        eval_samples=16,
     ),
 }
 

@@ -1,22 +1,39 @@
-"""Few-shot fine-tune: start from the pretrained base, train on a new SKU's photos, publish."""
+"""Few-shot fine-tune: start from the pretrained base, train on a new SKU's photos, publish.
+
+With a labeller in the repository, every checkpoint is judged like the thesis' Table 4.1
+(green / yellow / white / red on `eval_samples` samples) and the best snapshot, not the last,
+is published, together with the selector that `/generate` filters samples with.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from service.repository import BASE, ModelRepository, ModelVersion, validate_sku
+import numpy as np
+import torch
+
+from service.generator import latents, to_uint8
+from service.labeller import LabellerSession
+from service.repository import BASE, LABELLER, ModelRepository, ModelVersion, validate_sku
+from service.selection import Selector
 from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
 from training.data import data_fingerprint, load_images
+from training.evaluate import evaluate_generator, fit_selector, selection_score
 from training.export import publish_generator
-from training.loop import Callback, train
+from training.loop import Callback, Run, train
 
 MIN_IMAGES = 5  # below this the critic memorises the set within a few hundred steps
 MAX_IMAGES = 100  # beyond this it is a pretraining corpus, not a few-shot fine-tune
 RECOMMENDED_IMAGES = 10
+BEST = "best.pt"
+BEST_REPORT = "best_report.json"
 
 
 def load_base(models: Path, base: Path | None = None) -> tuple[dict[str, Any], str]:
@@ -31,6 +48,38 @@ def finetune_config(base: dict[str, Any], overrides: dict[str, Any] | None = Non
     """The base's config with the few-shot changes, then the caller's overrides."""
     cfg = TrainConfig.from_dict(base["config"]).replace(**FINETUNE)
     return cfg.replace(**(overrides or {}))
+
+
+class SnapshotJudge(Callback):
+    """At every checkpoint, judge the EMA generator and keep the best snapshot as `best.pt`."""
+
+    def __init__(self, selector: Selector, labeller: LabellerSession, status: StatusFile | None):
+        self.selector, self.labeller, self.status = selector, labeller, status
+
+    def generate(self, run: Run):
+        def sample(n: int, seed: int) -> np.ndarray:
+            z = torch.from_numpy(latents(n, run.cfg.z_dim, seed)).to(run.device)
+            with torch.no_grad():
+                return to_uint8(run.generator_ema(z).float().cpu().numpy())
+
+        return sample
+
+    def on_checkpoint(self, run: Run, path: Path) -> None:
+        report = evaluate_generator(
+            self.generate(run), self.selector, self.labeller, n=run.cfg.eval_samples
+        )
+        record = path.parent / "snapshots.json"
+        history = json.loads(record.read_text()) if record.is_file() else []
+        history = [h for h in history if h["step"] < run.step]  # a resumed run redoes later ones
+        score = selection_score(report)
+        best = max((h["score"] for h in history), default=-1.0)
+        history.append({"step": run.step, "score": score, "categories": report["categories"]})
+        if score > best or not (path.parent / BEST).is_file():
+            shutil.copyfile(path, path.parent / BEST)
+            (path.parent / BEST_REPORT).write_text(json.dumps(report, indent=1))
+        record.write_text(json.dumps(history, indent=1))
+        if self.status is not None:
+            self.status.update(evaluation={"step": run.step, **report["categories"]})
 
 
 def finetune(
@@ -50,7 +99,8 @@ def finetune(
     version serving.
     """
     validate_sku(sku)
-    state, parent = load_base(Path(models), base)
+    models = Path(models)
+    state, parent = load_base(models, base)
     cfg = finetune_config(state, overrides)
     dataset = load_images(
         images, cfg.resolution, fit=cfg.fit, min_images=MIN_IMAGES, max_images=MAX_IMAGES
@@ -63,6 +113,14 @@ def finetune(
     status = StatusFile(status_file) if status_file is not None else None
     if status is not None:
         callbacks.append(status)
+
+    # Without a labeller there is nothing to judge quality by: publish the last snapshot and
+    # no selector (the service then serves unfiltered samples only).
+    selector = None
+    if ModelRepository(models).versions(LABELLER):
+        labeller = LabellerSession.from_repository(models)
+        selector = fit_selector(to_uint8(dataset.images.numpy()), labeller)
+        callbacks.append(SnapshotJudge(selector, labeller, status))
     extra = {
         "sku": sku,
         "parent": parent,
@@ -73,7 +131,18 @@ def finetune(
 
     if status is not None:
         status.update(stage="publishing")
-    version = publish_generator(latest_checkpoint(out), sku, models, card={"run": str(out)})
+    checkpoints = latest_checkpoint(out).parent
+    snapshot = checkpoints / BEST if selector is not None else checkpoints / "latest.pt"
+    card: dict[str, Any] = {"run": str(out.resolve())}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        if selector is not None:
+            card["selection"] = selector.save(tmp)
+            files = {p.name: p for p in Path(tmp).iterdir()}
+            history = json.loads((checkpoints / "snapshots.json").read_text())
+            card["snapshots"] = history
+            card["evaluation"] = json.loads((checkpoints / BEST_REPORT).read_text())
+        version = publish_generator(snapshot, sku, models, card=card, extra_files=files)
     if status is not None:
         status.update(stage="published", version=version.version, card=version.card)
     return version

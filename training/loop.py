@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -76,7 +77,19 @@ class Run:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, unless `BOXGEN_DEVICE=cpu` asks for the CPU."""
+    if os.environ.get("BOXGEN_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """CPU kernels are deterministic already; CUDA's atomics-based ones are not."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
 
 
 def build_networks(cfg: TrainConfig) -> tuple[Generator, Critic]:
@@ -111,6 +124,7 @@ def train(
         ignored when the run resumes from its own checkpoint.
     """
     run_dir = Path(run_dir)
+    set_deterministic(cfg.deterministic)
     device = pick_device()
     if images.ndim != 4 or images.shape[-1] != cfg.resolution or images.shape[-2] != cfg.resolution:
         raise ValueError(
