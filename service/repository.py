@@ -108,7 +108,7 @@ class ModelRepository:
             validate_sku(name)
         versions = self.versions(name)
         if not versions:
-            raise ModelNotFound(f"no model {name!r} in repository {self.root}")
+            raise ModelNotFound(f"no model {name!r} in the repository")
         if version is None:
             version = versions[-1]
         elif version not in versions:

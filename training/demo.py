@@ -102,7 +102,7 @@ def call_service(models: Path, out: Path, sku: str, n: int) -> dict:
 def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
     from training.config import profile
     from training.finetune import finetune
-    from training.generate import generate_images
+    from training.generate import generate_dataset
     from training.labeller import train_labeller
     from training.pretrain import pretrain, publish_pretrained
     from training.render import write_corpus
@@ -143,7 +143,7 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
 
     step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
     if not repo.versions(LABELLER):
-        train_labeller(corpus, cfg.labeller_model, cfg.labeller_epochs, cfg.size, models)
+        train_labeller(corpus, models, cfg.labeller_model, cfg.labeller_epochs, cfg.size)
 
     step(f"4/6 fine-tune on {cfg.sku_photos} photos of a product group the base never saw")
     version = finetune(
@@ -158,8 +158,9 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
     step(f"5/6 generate {cfg.generate_n} labelled images and a contact sheet")
     generated = out / "generated"
     shutil.rmtree(generated, ignore_errors=True)
-    paths = generate_images(cfg.sku, cfg.generate_n, generated, models, seed=cfg.seed)
-    sheet = contact_sheet(paths, out / "contact_sheet.png")
+    result = generate_dataset(cfg.sku, cfg.generate_n, generated, models, seed=cfg.seed)
+    click.echo(f"{result.passed} of {result.tried} samples passed selection (green)")
+    sheet = contact_sheet(sorted((generated / "images").iterdir()), out / "contact_sheet.png")
     contact_sheet(sorted((photos / "images").iterdir()), out / "sku_photos.png")
     click.echo(f"contact sheet: {sheet}")
 
@@ -168,7 +169,7 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
     served = out / "served"
     served.mkdir(exist_ok=True)
     for i, item in enumerate(response["images"]):
-        (served / f"{i:02d}.png").write_bytes(base64.b64decode(item["png"]))
+        (served / f"{i:02d}.png").write_bytes(base64.b64decode(item["png_base64"]))
     summary = {k: v for k, v in response.items() if k != "images"}
     (out / "generate_response.json").write_text(json.dumps(summary, indent=2))
     boxes = [len(item.get("boxes", [])) for item in response["images"]]

@@ -24,7 +24,7 @@ from service.selection import Selector
 from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
-from training.data import data_fingerprint, load_images
+from training.data import data_fingerprint, load_images, read_labels
 from training.evaluate import evaluate_generator, fit_selector, selection_score
 from training.export import publish_generator
 from training.loop import Callback, Run, train
@@ -48,6 +48,18 @@ def finetune_config(base: dict[str, Any], overrides: dict[str, Any] | None = Non
     """The base's config with the few-shot changes, then the caller's overrides."""
     cfg = TrainConfig.from_dict(base["config"]).replace(**FINETUNE)
     return cfg.replace(**(overrides or {}))
+
+
+def check_labels(labels: Path, images: list[Path]) -> dict[str, int]:
+    """Validate YOLO label files that pair with the photos by name; count them for the card."""
+    stems = {p.stem for p in images}
+    files = sorted(Path(labels).glob("*.txt"))
+    for f in files:
+        if f.stem not in stems:
+            raise ValueError(
+                f"label file {f.name} matches no image (labels pair with images by name)"
+            )
+    return {"files": len(files), "boxes": sum(len(read_labels(f)) for f in files)}
 
 
 class SnapshotJudge(Callback):
@@ -91,6 +103,7 @@ def finetune(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     status_file: Path | None = None,
+    labels: Path | None = None,
 ) -> ModelVersion:
     """Fine-tune the base on `images` (5 to 100 photos, any size) and publish the SKU's new version.
 
@@ -127,6 +140,8 @@ def finetune(
         "data_fingerprint": data_fingerprint(dataset.paths),
         "images": len(dataset.paths),
     }
+    if labels is not None:
+        extra["labels"] = check_labels(labels, dataset.paths)
     train(cfg, dataset.images, out, callbacks, base=state, extra=extra)
 
     if status is not None:
@@ -144,5 +159,8 @@ def finetune(
             card["evaluation"] = json.loads((checkpoints / BEST_REPORT).read_text())
         version = publish_generator(snapshot, sku, models, card=card, extra_files=files)
     if status is not None:
-        status.update(stage="published", version=version.version, card=version.card)
+        card = version.card
+        status.update(
+            stage="published", version=version.version, card=card, report=card.get("evaluation")
+        )
     return version

@@ -1,31 +1,27 @@
-"""Local generation: run a published ONNX generator and write PNGs."""
+"""Local generation: the service's pipeline (sample, label, select) writing a dataset folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
-from service.generator import GeneratorSession
+from service.generation import Generated, ModelCache, Pipeline, write_generated
 from service.repository import ModelRepository
 
 
-def generate_images(
+def generate_dataset(
     sku: str,
     n: int,
     out: Path,
     models: Path,
     seed: int | None = None,
     version: int | None = None,
-) -> list[Path]:
-    """Write `n` images of `sku` to `out/images/` and return their paths."""
-    model = ModelRepository(models).resolve(sku, version)
-    images = GeneratorSession(model.file("generator.onnx")).sample(n, seed)
-    folder = Path(out) / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, image in enumerate(images):
-        path = folder / f"{sku}-v{model.version}-{i:05d}.png"
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    return paths
+    select: str = "green",
+) -> Generated:
+    """Write `n` labelled images of `sku` that pass `select` to `out` as a YOLO + COCO dataset.
+
+    Exactly what `POST /generate` with `format=zip` returns, as a folder.
+    """
+    pipeline = Pipeline(ModelCache(ModelRepository(models)))
+    result = pipeline.generate(sku, n, seed, version, select)
+    write_generated(Path(out), result, pipeline.cache.load_labeller().classes)
+    return result

@@ -28,7 +28,7 @@ EXPORTED_METRICS: dict[str, str] = {
     "boxgen_samples_total": "counter",
     "boxgen_samples_selected_total": "counter",
     "boxgen_finetune_jobs_total": "counter",
-    "boxgen_finetune_jobs": "gauge",
+    "boxgen_finetune_jobs_current": "gauge",
     "boxgen_finetune_duration_seconds": "histogram",
     "boxgen_models_loaded": "gauge",
     "boxgen_gpu_memory_bytes": "gauge",

@@ -1,5 +1,6 @@
 """The `boxgen` CLI end to end on the tiny profile, and its one-line errors."""
 
+import json
 import subprocess
 import sys
 
@@ -26,6 +27,12 @@ def pipeline(tmp_path_factory):
            "--first-group", 5)
     invoke("pretrain", "--data", root / "corpus", "--out", root / "base", "--profile", "tiny",
            "--iterations", 3, "--models", root / "models")
+    invoke("train-labeller", "--data", root / "corpus", "--model", "yolov5n.yaml", "--epochs", 1,
+           "--imgsz", 32, "--batch", 4, "--models", root / "models")
+    out = invoke("finetune", "--images", root / "sku" / "images", "--sku", "sku-a",
+                 "--models", root / "models", "--iterations", 2, "--out", root / "ft",
+                 "--freeze-critic-blocks", 1)
+    assert "published sku-a version 1" in out
     return root
 
 
@@ -36,27 +43,48 @@ def test_pretrain_publishes_base(pipeline):
 
 
 def test_finetune_export_generate(pipeline):
+    """Fine-tune (in the fixture), export the run again, generate by seed."""
     models = pipeline / "models"
-    out = invoke("finetune", "--images", pipeline / "sku" / "images", "--sku", "sku-a",
-                 "--models", models, "--iterations", 2, "--out", pipeline / "ft",
-                 "--freeze-critic-blocks", 1)
-    assert "published sku-a version 1" in out
-    card = ModelRepository(models).resolve("sku-a").card
+    card = ModelRepository(models).resolve("sku-a", 1).card
     assert card["parent"] == "_base/1" and card["images"] == 5 and card["iterations"] == 2
     assert card["config"]["freeze_critic_blocks"] == 1 and card["data_fingerprint"]
+    assert card["selection"]["novelty"]["copy_threshold"] > 0
+    assert set(card["evaluation"]["categories"]) == {"green", "yellow", "white", "red"}
+    assert [s["step"] for s in card["snapshots"]] == [2]
 
     assert "version 2" in invoke("export", "--run", pipeline / "ft", "--sku", "sku-a",
                                  "--models", models)
-    invoke("generate", "--sku", "sku-a", "-n", 3, "--out", pipeline / "gen", "--models", models,
-           "--seed", 4, "--version", 1)
-    invoke("generate", "--sku", "sku-a", "-n", 3, "--out", pipeline / "gen2", "--models", models,
-           "--seed", 4, "--version", 1)
-    first = sorted((pipeline / "gen" / "images").glob("*.png"))
-    second = sorted((pipeline / "gen2" / "images").glob("*.png"))
-    assert len(first) == 3
+    gen = [pipeline / "gen", pipeline / "gen2"]
+    for out in gen:
+        invoke("generate", "--sku", "sku-a", "-n", 3, "--out", out, "--models", models,
+               "--seed", 4, "--version", 1, "--select", "none")
+    first, second = (sorted((out / "images").glob("*.png")) for out in gen)
+    assert len(first) == 3 and Image.open(first[0]).size == (32, 32)
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
-    assert Image.open(first[0]).size == (32, 32)
+    for out in gen:
+        assert {p.name for p in out.iterdir()} >= {"images", "labels", "annotations.json",
+                                                   "data.yaml", "generation.json"}
+    assert len(list((gen[0] / "labels").glob("*.txt"))) == 3
+
+
+def test_generate_selects_label_and_evaluate(pipeline):
+    models = pipeline / "models"
+    out = invoke("generate", "--sku", "sku-a", "-n", 2, "--out", pipeline / "green",
+                 "--models", models, "--seed", 1, "--version", 1)  # 2 is a plain export
+    assert "passed select=green" in out
+    summary = json.loads((pipeline / "green" / "generation.json").read_text())
+    assert all(image["category"] == "green" for image in summary["images"])
+
+    invoke("label", "--images", pipeline / "sku" / "images", "--out", pipeline / "labelled",
+           "--models", models)
+    assert len(list((pipeline / "labelled" / "labels").glob("*.txt"))) == 5
+
+    out = invoke("evaluate", "--images", pipeline / "sku" / "images", "--train",
+                 pipeline / "sku" / "images", "--models", models, "--out", pipeline / "report")
+    report = json.loads((pipeline / "report" / "report.json").read_text())
+    assert report["categories"]["red"] == 1.0  # the training images themselves are copies
+    assert (pipeline / "report" / "report.html").is_file()
 
 
 def test_every_command_has_help():

@@ -1,0 +1,279 @@
+"""Who may call the service and what it accepts: API key, upload limits, image checks.
+
+Two ASGI middlewares run in front of BentoML's request parsing:
+
+- `ApiKeyMiddleware`: when a key is configured (`BOXGEN_API_KEY` or the secret file named by
+  `BOXGEN_API_KEY_FILE`), the endpoints in `PROTECTED` need `Authorization: Bearer KEY` or
+  `X-API-Key: KEY`; health (`/livez`, `/readyz`) and `/metrics` stay open for probes and
+  Prometheus.
+- `UploadGuardMiddleware`: checks a `/finetune` body before BentoML parses it. BentoML treats a
+  text value in a file field as a URL and fetches it from the server (server-side request
+  forgery), so every part of a file field must be an uploaded file; it also caps the body size,
+  the file count and each file's size, and passes the uploaded file names on to the API method
+  (BentoML's temporary files lose them, and labels are matched to images by name).
+
+The content checks (`check_images`, `check_labels`) run in the API method, on the files BentoML
+saved: Pillow reads only the header before the pixel-count check, so decompression bombs are
+refused before they are decoded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.errors import RequestError, error_body
+from service.repository import validate_sku
+from service.settings import ServiceSettings, load_api_key
+
+PROTECTED = ("/generate", "/finetune", "/jobs", "/models")
+UPLOAD_PATH = "/finetune"
+FILE_FIELDS = ("images", "labels")
+IMAGE_FORMATS = ("PNG", "JPEG")
+UPLOAD_NAMES_KEY = "boxgen_upload_names"  # scope["state"] key the guard leaves for the method
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any],
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()), *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+def is_protected(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PROTECTED)
+
+
+def key_matches(headers: dict[bytes, bytes], key: str) -> bool:
+    """True when the request carries `key` as a Bearer token or an X-API-Key header."""
+    given = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    auth = headers.get(b"authorization", b"").decode("latin-1").strip()
+    if not given and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
+
+
+class ApiKeyMiddleware:
+    """401 on protected endpoints unless the request carries the configured API key."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.key = load_api_key()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.key is None or scope["type"] != "http" or not is_protected(scope["path"])
+                or key_matches(dict(scope["headers"]), self.key)):
+            return await self.app(scope, receive, send)
+        await send_json(
+            send, 401,
+            error_body("missing or wrong API key: send 'Authorization: Bearer KEY' or "
+                       "'X-API-Key: KEY'", "Authorization"),
+            [(b"www-authenticate", b"Bearer")],
+        )
+
+
+class UploadGuardMiddleware:
+    """Refuse unsafe `/finetune` bodies before BentoML parses (and might fetch) them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.settings = ServiceSettings.from_env()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != UPLOAD_PATH or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        try:
+            body = await self.read_body(scope, receive)
+            names = await self.check_form(scope, body)
+        except RequestError as exc:
+            return await send_json(send, exc.status, error_body(exc.message, exc.field))
+        scope.setdefault("state", {})[UPLOAD_NAMES_KEY] = names
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_upload_bytes
+        too_big = RequestError(f"upload larger than {limit} bytes", "images", status=413)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_big
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError("client disconnected during upload", None, status=400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def check_form(self, scope: Scope, body: bytes) -> dict[str, list[str]]:
+        """Check file fields, counts and sizes; return the uploaded names per file field."""
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise RequestError("/finetune takes multipart/form-data (files in 'images')",
+                               "images", status=415)
+
+        async def once() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        s = self.settings
+        try:
+            form = await Request(scope, once).form(max_files=s.max_images * 2 + 10)
+        except Exception as exc:  # malformed multipart, too many parts
+            raise RequestError(f"unreadable multipart body: {exc}", "images", 400) from None
+        names: dict[str, list[str]] = {}
+        try:
+            for field in FILE_FIELDS:
+                values = form.getlist(field)
+                for value in values:
+                    if not isinstance(value, UploadFile):
+                        raise RequestError(
+                            f"'{field}' must hold uploaded files, got a text value", field
+                        )
+                    if value.size is not None and value.size > s.max_file_bytes:
+                        raise RequestError(
+                            f"{field} file {value.filename!r} is larger than "
+                            f"{s.max_file_bytes} bytes", field, status=413,
+                        )
+                names[field] = [v.filename or "" for v in values]
+        finally:
+            await form.close()
+        count = len(names["images"])
+        if not s.min_images <= count <= s.max_images:
+            raise RequestError(
+                f"upload {s.min_images} to {s.max_images} images (ten recommended), got {count}",
+                "images",
+            )
+        return names
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """An uploaded file BentoML saved, with the safe name it will be stored under."""
+
+    path: Path
+    name: str
+
+
+def safe_names(uploaded: list[str], paths: list[Path], field: str) -> list[str]:
+    """Storage names: the uploaded base names made filesystem-safe, unique within the field."""
+    names = []
+    for i, (original, path) in enumerate(zip(uploaded or [""] * len(paths), paths, strict=True)):
+        base = SAFE_NAME.sub("_", Path(original).name).lstrip(".") or f"{field}_{i:03d}"
+        names.append(base if "." in base else base + path.suffix)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RequestError(f"duplicate {field} file names: {', '.join(duplicates)}", field)
+    return names
+
+
+def check_images(paths: list[Path], names: list[str], max_pixels: int) -> list[UploadedFile]:
+    """Every upload must be a PNG or JPEG of at most `max_pixels` that decodes completely."""
+    checked = []
+    for i, (path, name) in enumerate(zip(paths, names, strict=True)):
+        field = f"images[{i}]"
+        try:
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+                if image.format not in IMAGE_FORMATS:
+                    raise RequestError(f"{name} is {image.format}, not PNG or JPEG", field)
+                if width * height > max_pixels:
+                    raise RequestError(
+                        f"{name} has {width}x{height} pixels, more than {max_pixels}", field,
+                        status=413,
+                    )
+                image.load()  # decode now, so a truncated file fails here, not in training
+        except RequestError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise RequestError(f"{name} is not a readable image ({exc})", field) from None
+        checked.append(UploadedFile(path, Path(name).stem + Path(name).suffix.lower()))
+    return checked
+
+
+def check_labels(
+    paths: list[Path], names: list[str], images: list[UploadedFile]
+) -> list[UploadedFile]:
+    """YOLO label files (`class cx cy w h` per line, normalised), each named after an image."""
+    stems = {Path(image.name).stem for image in images}
+    checked = []
+    for i, (path, name) in enumerate(zip(paths, names, strict=True)):
+        field = f"labels[{i}]"
+        stem = Path(name).stem
+        if stem not in stems:
+            raise RequestError(f"label file {name} matches no uploaded image by name", field)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (UnicodeDecodeError, OSError):
+            raise RequestError(f"{name} is not a UTF-8 text file", field) from None
+        for number, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                cls, *box = (float(p) for p in parts)
+            except ValueError:
+                raise RequestError(f"{name} line {number} is not numbers", field) from None
+            if len(box) != 4 or cls < 0 or cls != int(cls) or not all(0 <= v <= 1 for v in box):
+                raise RequestError(
+                    f"{name} line {number}: expected 'class cx cy w h' normalised to [0, 1]",
+                    field,
+                )
+        checked.append(UploadedFile(path, stem + ".txt"))
+    return checked
+
+
+def checked_sku(sku: str) -> str:
+    """`sku` if it is a safe SKU name, else a 422 naming the `sku` field."""
+    try:
+        return validate_sku(sku)
+    except ValueError as exc:
+        raise RequestError(str(exc), "sku") from None
+
+
+def checked_uploads(
+    images: list[Path], labels: list[Path], names: dict[str, list[str]],
+    settings: ServiceSettings,
+) -> tuple[list[UploadedFile], list[UploadedFile]]:
+    """Check a /finetune upload's files (count, pixels, decoding, label format and names)."""
+    if not settings.min_images <= len(images) <= settings.max_images:
+        raise RequestError(f"upload {settings.min_images} to {settings.max_images} images "
+                           f"(ten recommended), got {len(images)}", "images")
+    image_names = safe_names(names.get("images", []), images, "images")
+    checked_images = check_images(images, image_names, settings.max_pixels)
+    label_names = safe_names(names.get("labels", []), labels, "labels")
+    return checked_images, check_labels(labels, label_names, checked_images)

@@ -1,0 +1,76 @@
+"""Start the BentoML server for `service.service:Boxgen` (what `boxgen serve` runs).
+
+Everything reaches the workers through environment variables, because BentoML starts each
+worker as a fresh process that imports the service module: `BOXGEN_MODELS` (the repository),
+`BOXGEN_API_KEY` / `BOXGEN_API_KEY_FILE`, and the worker count as a BentoML config override.
+BentoML itself is kept offline (`BENTOML_DO_NOT_TRACK`) and its home (where it keeps the
+Prometheus multiprocess files, wiped at every start) in a folder of ours.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SERVICE = "service.service:Boxgen"
+SERVICE_NAME = "boxgen"
+
+
+def server_environment(
+    models: Path,
+    workers: int = 1,
+    api_key: str | None = None,
+    api_key_file: Path | None = None,
+    home: Path | None = None,
+) -> dict[str, str]:
+    """The environment variables `serve` sets (also what a Kubernetes pod sets).
+
+    BentoML's home is `home`, else $BENTOML_HOME, else a new temporary folder.
+    """
+    models = Path(models)
+    if not models.is_dir():
+        raise FileNotFoundError(f"model repository {models} does not exist or is not a folder")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if api_key_file is not None and not Path(api_key_file).is_file():
+        raise FileNotFoundError(f"API key file {api_key_file} does not exist")
+    if home is None and os.environ.get("BENTOML_HOME"):
+        home = Path(os.environ["BENTOML_HOME"])
+    if home is None:
+        # One home per server: it holds the Prometheus files BentoML wipes at start, so two
+        # servers sharing one would wipe each other's metrics.
+        home = Path(tempfile.mkdtemp(prefix="boxgen-bentoml-"))
+    overrides = os.environ.get("BENTOML_CONFIG_OPTIONS", "")
+    env = {
+        "BOXGEN_MODELS": str(models.resolve()),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(Path(home).resolve()),
+        "BENTOML_CONFIG_OPTIONS": f"{overrides} services.{SERVICE_NAME}.workers={workers}".strip(),
+    }
+    if api_key:
+        env["BOXGEN_API_KEY"] = api_key
+    if api_key_file is not None:
+        env["BOXGEN_API_KEY_FILE"] = str(Path(api_key_file).resolve())
+    return env
+
+
+def serve(
+    models: Path,
+    port: int = 3000,
+    host: str = "0.0.0.0",
+    workers: int = 1,
+    api_key: str | None = None,
+    api_key_file: Path | None = None,
+    home: Path | None = None,
+) -> None:
+    """Serve the API on `host`:`port` until interrupted (Ctrl+C or SIGTERM).
+
+    `api_key` / `api_key_file` require that key on /generate, /finetune, /jobs and /models;
+    prefer the file (a mounted secret) to a key on the command line, which `ps` shows.
+    """
+    os.environ.update(server_environment(models, workers, api_key, api_key_file, home))
+    import bentoml  # after BENTOML_HOME is set: BentoML reads it at import
+
+    package_root = Path(__file__).resolve().parent.parent
+    bentoml.serve(SERVICE, working_dir=str(package_root), host=host, port=port, blocking=True)

@@ -1,0 +1,167 @@
+"""Novelty, quality and selection on rendered bins; detections here are the renderer's own labels.
+
+The labeller-dependent sanity checks live in tests/training/test_evaluate.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from service.labeller import Detections
+from service.selection import Selector, category_fractions, sample_selected
+from training.render import make_group, render_image
+
+GROUP, SIZE = 10, (64, 64)
+PRODUCTS = make_group(0, GROUP)
+
+
+def render(index: int, partial: bool = False) -> tuple[np.ndarray, Detections]:
+    """One arrangement of the group and its true boxes as detections (confidence 0.9)."""
+    image, labels = render_image(PRODUCTS, SIZE, np.random.default_rng([0, GROUP, index]),
+                                 partial=partial)
+    w, h = SIZE
+    cls, cx, cy, bw, bh = labels.T
+    boxes = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
+                      (cy + bh / 2) * h], 1).astype(np.float32)
+    det = Detections(boxes, cls.astype(np.int64), np.full(len(cls), 0.9, np.float32), (h, w))
+    return np.asarray(image), det
+
+
+def copy_of(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a memorising generator returns: a 1-px shift, blur, colour cast, noise, JPEG."""
+    x = np.roll(image, tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
+    x = Image.fromarray(x).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.0)))
+    a = np.asarray(x, np.float32) * rng.uniform(0.95, 1.05, 3) + rng.normal(0, 5, (64, 64, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=60)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def train() -> tuple[np.ndarray, list[Detections]]:
+    pairs = [render(i) for i in range(10)]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+@pytest.fixture(scope="module")
+def selector(train) -> Selector:
+    return Selector.fit(*train)
+
+
+def test_copies_are_red_and_new_arrangements_are_not(train, selector):
+    rng = np.random.default_rng(0)
+    copies = np.stack([copy_of(train[0][i % 10], rng) for i in range(40)])
+    others = np.stack([render(i)[0] for i in range(100, 140)])
+    novelty, nearest = selector.novelty(copies)
+    assert (novelty < 1).mean() >= 0.95
+    assert (nearest == np.arange(40) % 10).mean() >= 0.95  # and it names the right original
+    assert (selector.novelty(train[0])[0] < 1).all()
+    assert (selector.novelty(others)[0] < 1).mean() <= 0.10
+
+
+def test_cut_objects_are_white_whole_ones_green(selector):
+    whole = [render(i) for i in range(200, 220)]
+    cut = [render(i, partial=True) for i in range(300, 320)]
+    green = category_fractions(selector.score(np.stack([w[0] for w in whole]),
+                                              [w[1] for w in whole]))
+    white = category_fractions(selector.score(np.stack([c[0] for c in cut]),
+                                              [c[1] for c in cut]))
+    assert green["green"] >= 0.9, green
+    assert white["white"] >= 0.8, white
+
+
+def test_missing_objects_lower_quality(selector):
+    image, det = render(400)
+    fewer = Detections(det.boxes[:1], det.cls[:1], det.conf[:1], det.shape)
+    full, missing = selector.score(np.stack([image, image]), [det, fewer])
+    assert full.quality == 1.0 and missing.quality < full.quality
+    assert missing.category == "white"
+
+
+def test_save_and_load_give_the_same_scores(tmp_path, selector):
+    images, dets = zip(*[render(i) for i in range(500, 506)], strict=True)
+    card = selector.save(tmp_path)
+    assert (tmp_path / "selection.npz").stat().st_size < 100_000
+    loaded = Selector.load(tmp_path, card)
+    a, b = selector.score(np.stack(images), dets), loaded.score(np.stack(images), dets)
+    assert [s.category for s in a] == [s.category for s in b]
+    assert np.allclose([s.novelty for s in a], [s.novelty for s in b], atol=1e-2)
+    assert card["novelty"]["copy_threshold"] > 0
+    assert tuple(json.loads(json.dumps(card))["quality"]["count_range"]) == (3, 3)
+
+
+class MixedGenerator:
+    """A stand-in for a generator that copies, invents and breaks: rendered bins by seed."""
+
+    def __init__(self, train: np.ndarray, kinds: tuple[str, ...] = ("copy", "new", "cut")):
+        self.train, self.kinds, self.truth, self.calls = train, kinds, {}, 0
+
+    def __call__(self, n: int, seed: int) -> np.ndarray:
+        self.calls += 1
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            kind = self.kinds[int(rng.integers(len(self.kinds)))]
+            index = int(rng.integers(1000, 10**6))
+            if kind == "copy":
+                i = int(rng.integers(len(self.train[0])))
+                image, det = copy_of(self.train[0][i], rng), self.train[1][i]
+            else:
+                image, det = render(index, partial=kind == "cut")
+            self.truth[image.tobytes()] = det
+            out.append(image)
+        return np.stack(out)
+
+    def label(self, images: np.ndarray) -> list[Detections]:
+        return [self.truth[image.tobytes()] for image in images]
+
+
+def test_sample_selected_returns_only_green_and_is_deterministic(train, selector):
+    gen = MixedGenerator(train)
+    a = sample_selected(gen, gen.label, selector, n=6, seed=3, select="green")
+    b = sample_selected(gen, gen.label, selector, n=6, seed=3, select="green")
+    assert a.complete and len(a.images) == 6 and a.images.shape[1:] == (64, 64, 3)
+    assert all(s.category == "green" for s in a.scores)
+    assert np.array_equal(a.images, b.images) and a.tried == b.tried
+    assert a.tried > 6 and 0 < a.passed_fraction < 1  # copies and cut bins were rejected
+    c = sample_selected(gen, gen.label, selector, n=6, seed=4, select="green")
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_sample_selected_stops_at_the_budget(train, selector):
+    gen = MixedGenerator(train, kinds=("copy",))
+    result = sample_selected(gen, gen.label, selector, n=4, seed=0, max_tries=30)
+    assert len(result.images) == 0 and result.tried == 30 and not result.complete
+    assert "ran out" in result.message and result.passed_fraction == 0
+
+
+def test_select_none_returns_raw_samples_with_scores(train, selector):
+    gen = MixedGenerator(train)
+    result = sample_selected(gen, gen.label, selector, n=5, seed=1, select="none")
+    assert len(result.images) == 5 and result.tried == 5 and len(result.scores) == 5
+
+
+def test_a_collapsed_generator_does_not_fill_the_request(train, selector):
+    image, det = render(777)
+
+    def collapsed(n: int, seed: int) -> np.ndarray:
+        return np.repeat(image[None], n, axis=0)
+
+    result = sample_selected(collapsed, lambda x: [det] * len(x), selector, n=3, seed=0,
+                             max_tries=20)
+    assert len(result.images) == 1 and not result.complete
+
+
+def test_user_errors_are_value_errors(train, selector):
+    with pytest.raises(ValueError, match="select must be one of"):
+        sample_selected(lambda n, s: train[0][:n], lambda x: train[1][: len(x)], selector, 2,
+                        select="blue")
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        Selector.fit(train[0][:1])
+    with pytest.raises(ValueError, match="expected uint8"):
+        selector.novelty(np.zeros((1, 8, 8, 3), np.float32))

@@ -1,0 +1,209 @@
+"""Fine-tune jobs over HTTP: upload, progress, publication served without restart, cancel,
+bad uploads, and a server restart that keeps models and jobs and resumes the interrupted one.
+
+Fine-tunes start from the tiny pretrained base (`tiny` profile), a few iterations each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.service.server import BoxgenServer, photos, tiny_repository
+
+NEW_SKU = "new-sku"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("finetune")
+    tiny_repository(root / "models")
+    photos(root / "photos")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root: Path):
+    with BoxgenServer(root / "models", workers=2, log=root / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: BoxgenServer):
+    with server.client() as c:
+        yield c
+
+
+def uploads(root: Path, count: int = 10, labels: bool = False) -> list[tuple]:
+    files = sorted((root / "photos" / "images").iterdir())[:count]
+    parts = [("images", (f.name, f.read_bytes(), "image/png")) for f in files]
+    if labels:
+        parts += [("labels", (f.stem + ".txt", (root / "photos" / "labels" / (f.stem + ".txt"))
+                              .read_bytes(), "text/plain")) for f in files]
+    return parts
+
+
+def submit(client: httpx.Client, root: Path, sku: str = NEW_SKU, **fields) -> str:
+    response = client.post("/finetune", data={"sku": sku, **fields}, files=uploads(root))
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "queued"
+    return response.json()["job_id"]
+
+
+def wait_for(client: httpx.Client, job_id: str, states: tuple[str, ...],
+             timeout: float = 120.0, until=lambda job: True) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states and until(job):
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} never reached {states}: {job}")
+
+
+def test_finetune_publishes_a_version_generate_serves_while_and_after(
+    client: httpx.Client, root: Path
+):
+    job_id = submit(client, root, iterations="12")
+    job = wait_for(client, job_id, ("running", "succeeded", "failed"))
+    if job["state"] == "running":  # serving goes on during the fine-tune
+        during = client.post("/generate", json={"sku": "demo", "n": 2, "select": "none"})
+        assert during.status_code == 200
+    job = wait_for(client, job_id, ("succeeded", "failed"))
+    assert job["state"] == "succeeded", job
+    assert job["version"] == 1 and job["images"] == 10 and job["attempts"] == 1
+    assert job["progress"]["iteration"] == job["progress"]["iterations"] == 12
+    assert set(job["report"]["categories"]) == {"green", "yellow", "white", "red"}
+
+    served = client.post("/generate", json={"sku": NEW_SKU, "n": 2, "select": "none"})
+    assert served.status_code == 200 and served.json()["version"] == 1
+    models = client.get("/models").json()
+    assert any(s["sku"] == NEW_SKU and s["serving"] == 1 for s in models["skus"])
+    assert job_id in [j["job_id"] for j in client.get("/jobs").json()["jobs"]]
+
+
+def test_selection_is_reported_for_a_fine_tuned_version(client: httpx.Client):
+    """The fine-tune published selection data; /generate scores every sample against it."""
+    for select, allowed in (("green", {"green"}), ("yellow", {"green", "yellow"})):
+        response = client.post("/generate", json={"sku": NEW_SKU, "n": 3, "seed": 5,
+                                                  "select": select})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        passed = len(body["images"])
+        assert body["select"] == select and body["tried"] >= passed
+        assert body["passed_fraction"] == pytest.approx(passed / body["tried"])
+        assert body["complete"] == (passed == 3)
+        assert body["complete"] or "ran out" in body["message"]
+        for image in body["images"]:
+            assert image["category"] in allowed and image["novelty"] >= 1
+            assert 0 <= image["quality"] <= 1 and image["reason"]
+    again = client.post("/generate", json={"sku": NEW_SKU, "n": 3, "seed": 5, "select": "yellow"})
+    assert again.json() == body  # same seed, same selection
+
+
+def test_cancel_kills_the_running_fine_tune(client: httpx.Client, root: Path):
+    job_id = submit(client, root, sku="to-cancel", iterations="100000")
+    wait_for(client, job_id, ("running",))
+    pid = json.loads((root / "models" / "_jobs" / job_id / "job.json").read_text())["pid"]
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 200 and response.json()["state"] == "cancelled"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and process_alive(pid):
+        time.sleep(0.2)
+    assert not process_alive(pid)
+    assert client.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    assert client.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"  # idempotent
+    assert client.delete("/jobs/" + "0" * 32).status_code == 404
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead; only its parent (the runner) can reap it.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buffer, format="PNG")  # 48 MP, compresses to ~50 kB
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "field"),
+    [
+        ("too_few", 422, "images"),
+        ("too_many", 422, "images"),
+        ("not_an_image", 422, "images[0]"),
+        ("text_in_file_field", 422, "images"),
+        ("bomb", 413, "images[0]"),
+        ("bad_sku", 400, "sku"),
+        ("unmatched_label", 422, "labels[0]"),
+        ("not_multipart", 415, "images"),
+    ],
+)
+def test_bad_uploads_are_4xx_naming_the_field(
+    client: httpx.Client, root: Path, case: str, status: int, field: str
+):
+    good = uploads(root)
+    data: dict = {"sku": "bad-upload"}
+    files: list | None = good
+    if case == "too_few":
+        files = good[:3]
+    elif case == "too_many":
+        files = [("images", (f"{i}.png", good[0][1][1], "image/png")) for i in range(101)]
+    elif case == "not_an_image":
+        files = [("images", ("a.png", b"this is not a png", "image/png"))] + good[1:]
+    elif case == "text_in_file_field":
+        # Without the guard BentoML would fetch this URL from the server.
+        files = [("images", (None, "http://127.0.0.1:9/secret"))] + good
+    elif case == "bomb":
+        files = [("images", ("bomb.png", bomb_png(), "image/png"))] + good[1:]
+    elif case == "bad_sku":
+        data = {"sku": "../../etc"}
+    elif case == "unmatched_label":
+        files = good + [("labels", ("nothing.txt", b"0 0.5 0.5 0.1 0.1\n", "text/plain"))]
+    elif case == "not_multipart":
+        files = None
+        data = {"sku": "x", "images": "http://127.0.0.1:9/secret"}
+    response = client.post("/finetune", data=data, files=files)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    named = answer.get("field") or [d["loc"][-1] for d in answer["detail"]]
+    assert field in named
+    jobs = client.get("/jobs").json()["jobs"]
+    assert not any(j["sku"] == "bad-upload" for j in jobs)
+
+
+def test_restart_keeps_models_and_jobs_and_resumes_interrupted(
+    server: BoxgenServer, client: httpx.Client, root: Path
+):
+    job_id = submit(client, root, sku="resumed", iterations="100000")
+    checkpoints = root / "models" / "_jobs" / job_id / "run" / "checkpoints"
+    wait_for(client, job_id, ("running",),
+             until=lambda job: checkpoints.is_dir() and any(checkpoints.iterdir()))
+    before = {j["job_id"]: j["state"] for j in client.get("/jobs").json()["jobs"]}
+    models_before = client.get("/models").json()
+    server.stop()
+
+    with BoxgenServer(root / "models", workers=1, log=root / "server2.log") as again:
+        with again.client() as c:
+            after = {j["job_id"]: j["state"] for j in c.get("/jobs").json()["jobs"]}
+            assert set(after) == set(before)
+            assert c.get("/models").json() == models_before
+            assert all(after[j] == s for j, s in before.items() if j != job_id)
+            job = wait_for(c, job_id, ("running",), until=lambda job: job["attempts"] == 2)
+            assert job["started_at"] is not None
+            assert c.post("/generate", json={"sku": "demo", "n": 1, "select": "none"}
+                          ).json()["version"] == 1
+            assert c.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"

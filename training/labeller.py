@@ -1,0 +1,343 @@
+"""Train, export, publish and evaluate the YOLO labeller.
+
+The labeller is an Ultralytics YOLO built from a model yaml (`yolov5x.yaml` in production,
+`yolov5n.yaml` for tests and the CPU demo): no pretrained weights exist offline, so it learns
+from the labelled corpus alone. `train_labeller` splits the corpus into train/val by product
+group (so validation shows new arrangements of held-back sets), trains, exports the best
+weights to ONNX and publishes `labeller.onnx` + card under `_labeller`.
+`evaluate_labeller` measures the published ONNX labeller through the same onnxruntime
+pipeline the service uses (COCO mAP via pycocotools), on any YOLO-layout folder, e.g.
+corpus groups never trained on.
+
+Ultralytics is imported inside functions: importing it is slow, and it must be configured
+for offline use first (`training.ultralytics_setup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from service.datasets import coco_json, image_files, read_image
+from service.labeller import Detections, LabellerSession
+from service.repository import LABELLER, ModelRepository, ModelVersion
+from training.ultralytics_setup import block_downloads, import_ultralytics
+
+GROUP_PATTERN = re.compile(r"^(g\d+)_")  # built-in corpus stems: g{group:03d}_{index:04d}
+VAL_FRACTION = 0.2
+ONNX_OPSET = 18
+
+
+# --- Corpus reading ------------------------------------------------------------------------
+
+
+def corpus_names(data: Path) -> list[str]:
+    """Class names from a YOLO-layout folder's `data.yaml`."""
+    data_yaml = Path(data) / "data.yaml"
+    if not data_yaml.is_file():
+        raise FileNotFoundError(f"{data} has no data.yaml (a YOLO-layout folder needs one)")
+    names = (yaml.safe_load(data_yaml.read_text()) or {}).get("names")
+    if not names:
+        raise ValueError(f"{data_yaml} has no class names ('names:')")
+    return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+
+
+def label_file(data: Path, image: Path) -> Path:
+    """The YOLO label file of `image` (images/... -> labels/....txt)."""
+    rel = image.relative_to(Path(data) / "images")
+    return Path(data) / "labels" / rel.with_suffix(".txt")
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """YOLO rows (cls, cx, cy, w, h) of one label file; a missing file means no objects."""
+    if not path.is_file():
+        return np.zeros((0, 5), np.float32)
+    try:
+        rows = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"cannot read YOLO labels {path}: {e}") from None
+    if rows.size == 0:
+        return np.zeros((0, 5), np.float32)
+    if rows.shape[1] < 5:
+        raise ValueError(f"YOLO labels {path} need 5 columns (cls cx cy w h), got {rows.shape[1]}")
+    return rows[:, :5]
+
+
+def data_fingerprint(data: Path) -> str:
+    """sha256 over every image and label file of a YOLO folder (relative names and bytes)."""
+    data = Path(data)
+    digest = hashlib.sha256()
+    for sub in ("images", "labels"):
+        for path in sorted(p for p in (data / sub).rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(data)).encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def split_by_group(
+    images: list[Path], val_fraction: float = VAL_FRACTION, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """Train/val split that keeps each product group (stem prefix `gNNN_`) on one side.
+
+    Stems without a group prefix are each their own group. With a single group the split
+    falls back to images, so validation still has something to measure.
+    """
+    groups: dict[str, list[Path]] = {}
+    for image in images:
+        match = GROUP_PATTERN.match(image.stem)
+        groups.setdefault(match.group(1) if match else image.stem, []).append(image)
+    keys = sorted(groups)
+    if len(keys) == 1:
+        groups = {image.stem: [image] for image in images}
+        keys = sorted(groups)
+    if len(keys) < 2:
+        raise ValueError(f"need at least 2 images to split into train and val, got {len(images)}")
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, round(len(keys) * val_fraction)), len(keys) - 1)
+    val_keys = set(rng.choice(keys, size=n_val, replace=False).tolist())
+    train = [p for k in keys if k not in val_keys for p in groups[k]]
+    val = [p for k in keys if k in val_keys for p in groups[k]]
+    return train, val
+
+
+def write_split(data: Path, work: Path, seed: int = 0) -> Path:
+    """A data.yaml in `work` with group-split train/val lists over the corpus at `data`."""
+    names = corpus_names(data)
+    train, val = split_by_group(image_files(Path(data) / "images", recursive=True), seed=seed)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train.txt").write_text("".join(f"{p.resolve()}\n" for p in train))
+    (work / "val.txt").write_text("".join(f"{p.resolve()}\n" for p in val))
+    split = {"path": str(work.resolve()), "train": "train.txt", "val": "val.txt",
+             "names": dict(enumerate(names))}
+    (work / "data.yaml").write_text(yaml.safe_dump(split, sort_keys=False))
+    return work / "data.yaml"
+
+
+# --- Training, export, publication ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Silence Ultralytics' logger unless progress output is wanted."""
+    if not enabled:
+        yield
+        return
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def export_onnx(weights: Path, imgsz: int) -> Path:
+    """Export Ultralytics weights to ONNX (dynamic batch); returns the .onnx path beside them."""
+    import importlib.util
+
+    from ultralytics import YOLO
+
+    simplify = importlib.util.find_spec("onnxslim") is not None  # else it would pip-install it
+    with block_downloads():
+        path = YOLO(str(weights)).export(format="onnx", dynamic=True, opset=ONNX_OPSET,
+                                         simplify=simplify, imgsz=imgsz, device="cpu")
+    return Path(path)
+
+
+def train_labeller(
+    data: Path,
+    models: Path,
+    model_cfg: str = "yolov5x.yaml",
+    epochs: int = 100,
+    imgsz: int = 256,
+    batch: int = 16,
+    device: str | None = None,
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    heldout: Path | None = None,
+    work_dir: Path | None = None,
+    train_args: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Train a YOLO labeller from `model_cfg` on the YOLO corpus `data`; publish it to `models`.
+
+    `heldout` (optional) is a YOLO folder of product groups never trained on, measured with
+    `evaluate_labeller`'s pipeline before publishing. `train_args` go to Ultralytics as is.
+    The card records classes, imgsz, data fingerprint, model cfg, epochs and metrics.
+    """
+    data, models = Path(data), Path(models)
+    if not str(model_cfg).endswith((".yaml", ".yml")):
+        raise ValueError(
+            f"model {model_cfg!r} is not a model yaml (e.g. yolov5n.yaml): boxgen trains from "
+            "a config, it cannot download pretrained weights"
+        )
+    if epochs < 1 or imgsz < 32 or batch < 1:
+        raise ValueError(
+            f"need epochs >= 1, imgsz >= 32, batch >= 1 (got {epochs}, {imgsz}, {batch})"
+        )
+    if not (data / "images").is_dir():
+        raise FileNotFoundError(f"{data} is not a YOLO-layout folder: {data / 'images'} is missing")
+    names = corpus_names(data)
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    # Train on a group split of the corpus, in a work dir that goes away afterwards.
+    owned = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="boxgen-labeller-")) if owned else Path(work_dir)
+    try:
+        split_yaml = write_split(data, work, seed)
+        args = dict(data=str(split_yaml), epochs=epochs, imgsz=imgsz, batch=batch,
+                    device=device or _default_device(), workers=workers, seed=seed,
+                    deterministic=True, pretrained=False, project=str(work), name="train",
+                    exist_ok=True, plots=False, verbose=progress, **(train_args or {}))
+        model = YOLO(model_cfg)
+        with block_downloads(), _quiet(not progress):
+            model.train(**args)
+        best = Path(model.trainer.best)
+        if not best.is_file():
+            best = Path(model.trainer.last)
+        val = model.trainer.metrics or {}  # final validation of the best weights
+
+        # Export, check it loads in our pipeline, measure new products, publish.
+        with _quiet(not progress):
+            onnx_path = export_onnx(best, imgsz)
+        metrics = {
+            "val_mAP50": float(val.get("metrics/mAP50(B)", float("nan"))),
+            "val_mAP50_95": float(val.get("metrics/mAP50-95(B)", float("nan"))),
+            "val_precision": float(val.get("metrics/precision(B)", float("nan"))),
+            "val_recall": float(val.get("metrics/recall(B)", float("nan"))),
+        }
+        if heldout is not None:
+            held = evaluate_onnx(onnx_path, names, imgsz, Path(heldout))
+            metrics.update({f"heldout_{k}": v for k, v in held.items()})
+        card = {
+            "kind": "labeller",
+            "classes": names,
+            "imgsz": imgsz,
+            "model_cfg": str(model_cfg),
+            "epochs": epochs,
+            "batch": batch,
+            "seed": seed,
+            "data": str(data.resolve()),
+            "data_fingerprint": data_fingerprint(data),
+            "heldout_data": str(Path(heldout).resolve()) if heldout is not None else None,
+            "metrics": metrics,
+            "onnx_opset": ONNX_OPSET,
+            "format": "ultralytics-yolo onnx: images [N,3,S,S] RGB 0-1 -> [N, 4+nc, anchors]",
+        }
+        return ModelRepository(models).publish(LABELLER, {"labeller.onnx": onnx_path}, card)
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# --- Evaluation ------------------------------------------------------------------------------
+
+
+def ground_truth(
+    data: Path, files: list[Path], shapes: list[tuple[int, int]]
+) -> list[Detections]:
+    """The YOLO labels of image `files` in the folder `data` as pixel boxes (confidence 1)."""
+    truth = []
+    for file, (h, w) in zip(files, shapes, strict=True):
+        rows = read_labels(label_file(data, file))
+        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
+        truth.append(Detections(boxes.reshape(-1, 4), rows[:, 0].astype(np.int64),
+                                np.ones(len(rows), np.float32), (h, w)))
+    return truth
+
+
+def _match_counts(
+    truth: list[Detections], found: list[Detections], iou: float = 0.5
+) -> tuple[int, int, int]:
+    """True positives, detections and ground-truth boxes at one IoU, same class, greedy by conf."""
+    tp = n_found = n_truth = 0
+    for t, d in zip(truth, found, strict=True):
+        n_found, n_truth = n_found + len(d), n_truth + len(t)
+        used = np.zeros(len(t), bool)
+        for i in np.argsort(-d.conf, kind="stable"):
+            if not len(t):
+                break
+            x1 = np.maximum(d.boxes[i, 0], t.boxes[:, 0])
+            y1 = np.maximum(d.boxes[i, 1], t.boxes[:, 1])
+            x2 = np.minimum(d.boxes[i, 2], t.boxes[:, 2])
+            y2 = np.minimum(d.boxes[i, 3], t.boxes[:, 3])
+            inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+            area_d = (d.boxes[i, 2] - d.boxes[i, 0]) * (d.boxes[i, 3] - d.boxes[i, 1])
+            area_t = (t.boxes[:, 2] - t.boxes[:, 0]) * (t.boxes[:, 3] - t.boxes[:, 1])
+            ious = inter / (area_d + area_t - inter + 1e-9)
+            ious = np.where((t.cls == d.cls[i]) & ~used, ious, 0)
+            j = int(np.argmax(ious))
+            if ious[j] >= iou:
+                used[j], tp = True, tp + 1
+    return tp, n_found, n_truth
+
+
+def coco_map(
+    truth: list[Detections], found: list[Detections], names: list[str]
+) -> tuple[float, float]:
+    """COCO mAP50 and mAP50-95 (101-point interpolation) with pycocotools."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not any(len(d) for d in found):
+        return 0.0, 0.0
+    file_names = [str(i) for i in range(len(truth))]
+    gt = COCO()
+    gt.dataset = coco_json(file_names, truth, names)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
+        gt.createIndex()
+        dets = coco_json(file_names, found, names)["annotations"]
+        evaluation = COCOeval(gt, gt.loadRes(dets), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[1]), float(evaluation.stats[0])
+
+
+def evaluate_onnx(
+    onnx_path: Path, names: list[str], imgsz: int, data: Path, conf: float = 0.25
+) -> dict[str, float]:
+    """mAP50, mAP50-95 (all boxes above conf 0.001, as Ultralytics validates) and precision,
+    recall at IoU 0.5 for boxes above `conf`, of an ONNX labeller on a YOLO folder."""
+    data = Path(data)
+    if not (data / "images").is_dir():
+        raise FileNotFoundError(f"{data} is not a YOLO-layout folder: {data / 'images'} is missing")
+    files = image_files(data / "images", recursive=True)
+    images = [read_image(f) for f in files]
+    truth = ground_truth(data, files, [im.shape[:2] for im in images])
+    session = LabellerSession(onnx_path, names, imgsz, conf=0.001, iou=0.7)
+    found = session.label(images)
+    map50, map50_95 = coco_map(truth, found, names)
+    confident = [Detections(d.boxes[d.conf > conf], d.cls[d.conf > conf], d.conf[d.conf > conf],
+                            d.shape) for d in found]
+    tp, n_found, n_truth = _match_counts(truth, confident)
+    return {"mAP50": map50, "mAP50_95": map50_95,
+            "precision": tp / n_found if n_found else 0.0,
+            "recall": tp / n_truth if n_truth else 0.0,
+            "images": len(images), "objects": n_truth}
+
+
+def evaluate_labeller(models: Path, data: Path, version: int | None = None) -> dict[str, float]:
+    """Measure the published labeller on the YOLO folder `data` (see `evaluate_onnx`)."""
+    session = LabellerSession.from_repository(models, version)  # clear ModelNotFound if absent
+    entry = ModelRepository(models).resolve(LABELLER, version)
+    return evaluate_onnx(entry.file("labeller.onnx"), session.classes, session.imgsz, Path(data))
