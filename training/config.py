@@ -40,6 +40,9 @@ class TrainConfig:
     # Few-shot techniques (off in the thesis recipe).
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"
     freeze_critic_blocks: int = 0  # FreezeD: first k critic blocks keep their base weights
+    # CDC (training/cdc.py): weight of the cross-domain distance-consistency loss against a
+    # frozen copy of the base generator; 0 disables it. Needs a base model.
+    cdc_weight: float = 0.0
 
     # Data.
     fit: str = "stretch"  # stretch (thesis) | letterbox
@@ -71,8 +74,8 @@ PROFILES: dict[str, TrainConfig] = {
     "thesis": TrainConfig(),
     "demo": TrainConfig(
         resolution=64,
-        g_channels=32,
-        d_channels=32,
+        g_channels=16,
+        d_channels=16,
         max_channels=256,
         batch_size=32,
         iterations=1500,

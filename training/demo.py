@@ -34,11 +34,12 @@ class DemoConfig:
     sku_group: int = 12  # a group neither the base nor the labeller ever saw
     sku_photos: int = 10  # the "ten photos" a new SKU arrives with
     sku_heldout: int = 40  # other real arrangements of the SKU, for evaluation
-    pretrain_iterations: int = 1000
+    pretrain_iterations: int = 1500
     finetune_iterations: int = 1000
     labeller_model: str = "yolov5n.yaml"  # yolov5x.yaml in production; n fits the CPU budget
-    labeller_epochs: int = 30
-    generate_n: int = 64
+    labeller_epochs: int = 60
+    generate_n: int = 64  # raw samples judged for the report and the contact sheet
+    select_n: int = 16  # selected (green) images written as a labelled dataset
     sku: str = "demo-sku"
     seed: int = 0
 
@@ -101,6 +102,7 @@ def call_service(models: Path, out: Path, sku: str, n: int) -> dict:
 
 def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
     from training.config import profile
+    from training.evaluate import evaluate_folder
     from training.finetune import finetune
     from training.generate import generate_dataset
     from training.labeller import train_labeller
@@ -155,14 +157,25 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
     )
     click.echo(f"published {cfg.sku} version {version.version}")
 
-    step(f"5/6 generate {cfg.generate_n} labelled images and a contact sheet")
-    generated = out / "generated"
-    shutil.rmtree(generated, ignore_errors=True)
-    result = generate_dataset(cfg.sku, cfg.generate_n, generated, models, seed=cfg.seed)
-    click.echo(f"{result.passed} of {result.tried} samples passed selection (green)")
-    sheet = contact_sheet(sorted((generated / "images").iterdir()), out / "contact_sheet.png")
+    step(f"5/6 judge {cfg.generate_n} raw samples like the thesis' Table 4.1, then select")
+    samples, generated = out / "samples", out / "generated"
+    for folder in (samples, generated):
+        shutil.rmtree(folder, ignore_errors=True)
+    generate_dataset(cfg.sku, cfg.generate_n, samples, models, seed=cfg.seed, select="none")
+    report = evaluate_folder(
+        samples / "images", photos / "images", models, out / "report", real_dir=heldout / "images"
+    )
+    click.echo(
+        ", ".join(f"{k} {v:.0%}" for k, v in report["categories"].items())
+        + f"; report: {out / 'report' / 'report.html'}"
+    )
+    sheet = contact_sheet(sorted((samples / "images").iterdir()), out / "contact_sheet.png")
     contact_sheet(sorted((photos / "images").iterdir()), out / "sku_photos.png")
-    click.echo(f"contact sheet: {sheet}")
+    result = generate_dataset(cfg.sku, cfg.select_n, generated, models, seed=cfg.seed)
+    click.echo(
+        f"selected {len(result.images)} green images from {result.tried} samples into "
+        f"{generated}; contact sheet of raw samples: {sheet}"
+    )
 
     step("6/6 serve the model and call POST /generate")
     response = call_service(models, out, cfg.sku, 8)

@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,30 @@ from training.ultralytics_setup import block_downloads, import_ultralytics
 GROUP_PATTERN = re.compile(r"^(g\d+)_")  # built-in corpus stems: g{group:03d}_{index:04d}
 VAL_FRACTION = 0.2
 ONNX_OPSET = 18
+
+
+# --- Training recipes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabellerRecipe:
+    """Image size and Ultralytics settings that train a labeller well for one kind of image."""
+
+    name: str
+    upsample: int = 1  # imgsz = image side x upsample (rounded up to a multiple of 32)
+    train_args: dict[str, Any] = field(default_factory=dict)
+
+    def imgsz_for(self, side: int) -> int:
+        """The training and inference size for images whose longer side is `side` pixels."""
+        return max(32, -(-side * self.upsample // 32) * 32)
+
+
+# PLACEHOLDER: measured in the labeller study (see module docstring).
+SMALL_IMAGES = LabellerRecipe(
+    "small-images",
+    upsample=1,
+    train_args={"optimizer": "AdamW", "lr0": 0.003, "warmup_epochs": 1, "nbs": 16, "flipud": 0.5},
+)
 
 
 # --- Corpus reading ------------------------------------------------------------------------

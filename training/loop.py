@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from training.augment import diff_augment
+from training.cdc import cdc_loss, frozen_source, generator_features
 from training.checkpoint import LATEST, git_commit, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.losses import critic_loss, generator_loss, penalty
@@ -58,8 +59,10 @@ class Run:
     step: int = 0
     total: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in checkpoints (e.g. parent)
+    generator_source: Generator | None = None  # frozen base generator, when CDC is on
 
     def state_dict(self) -> dict[str, Any]:
+        source = self.generator_source
         return {
             "config": self.cfg.to_dict(),
             "step": self.step,
@@ -73,6 +76,8 @@ class Run:
             "rng": self.rng.get_state(),
             "git_commit": git_commit(),
             "extra": self.extra,
+            # CDC's frozen source travels with the run, so a resume needs no base file.
+            **({"generator_source": source.state_dict()} if source is not None else {}),
         }
 
 
@@ -140,11 +145,17 @@ def train(
     rng = torch.Generator().manual_seed(cfg.seed)
     run = Run(cfg, run_dir, generator, critic, generator_ema, opt_g, opt_d, rng, device)
     run.extra = dict(extra or {})
+    if cfg.cdc_weight < 0:
+        raise ValueError(f"cdc_weight must be >= 0, got {cfg.cdc_weight}")
+    if cfg.cdc_weight > 0 and cfg.batch_size < 3:
+        raise ValueError(f"cdc_weight needs batch_size >= 3, got {cfg.batch_size}")
 
     # Restore: our own checkpoint (resume) wins over the base (fine-tune start).
     resume = run_dir / "checkpoints" / LATEST
+    source_state = None  # the generator CDC keeps distances like (the base's)
     if resume.is_file():
         state = load_checkpoint(resume)
+        source_state = state.get("generator_source")
         for name in ("generator", "critic", "generator_ema", "opt_g", "opt_d"):
             getattr(run, name).load_state_dict(state[name])
         rng.set_state(state["rng"])
@@ -155,6 +166,17 @@ def train(
         generator.load_state_dict(base["generator"])
         generator_ema.load_state_dict(base["generator_ema"])
         critic.load_state_dict(base["critic"])
+    if base is not None and source_state is None:
+        source_state = base["generator"]  # the raw generator the fine-tune starts from
+    if cfg.cdc_weight > 0:
+        if source_state is None:
+            raise ValueError(
+                "cdc_weight > 0 needs a base model (CDC compares with the pretrained "
+                "generator); set cdc_weight=0 to train from scratch"
+            )
+        source = copy.deepcopy(generator)
+        source.load_state_dict(source_state)
+        run.generator_source = frozen_source(source).to(device)
     critic.freeze_blocks(cfg.freeze_critic_blocks)
     for module in (generator, critic, generator_ema):
         module.to(device)
@@ -206,12 +228,20 @@ def train(
             (loss_d + pen.penalty).backward()
             opt_d.step()
 
-        # Generator: one step through the (augmented) critic.
+        # Generator: one step through the (augmented) critic, plus CDC when on.
         with autocast:
-            fake = generator(draw_z())
+            z = draw_z()
+            if run.generator_source is None:
+                fake = generator(z)
+            else:
+                fake, features = generator_features(generator, z)
+                with torch.no_grad():
+                    _, source_features = generator_features(run.generator_source, z)
+                loss_cdc = cdc_loss(source_features, features)
             loss_g = generator_loss(cfg.loss, critic(diff_augment(fake, cfg.augment, rng)).float())
+        loss_total = loss_g if run.generator_source is None else loss_g + cfg.cdc_weight * loss_cdc
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_total.backward()
         opt_g.step()
 
         # Generator EMA: smoother samples than the raw generator, as in StyleGAN2-ADA.
@@ -233,6 +263,8 @@ def train(
             "wasserstein": (real_scores.float().mean() - fake_scores.float().mean()).item(),
             "seconds_per_step": time.perf_counter() - started,
         }
+        if run.generator_source is not None:
+            metrics["cdc"] = loss_cdc.item()
         for cb in callbacks:
             cb.on_step_end(run, metrics)
         last = run.step == cfg.iterations
