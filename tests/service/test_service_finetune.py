@@ -14,9 +14,25 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from PIL import Image
 
+from tests.deploy.dashboard_metrics import dashboard_metric_names, promql_metric_names
 from tests.service.server import BoxgenServer, photos, tiny_repository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO_ROOT / "k8s" / "grafana" / "boxgen-dashboard.json"
+ALERTS = REPO_ROOT / "k8s" / "base" / "prometheusrule.yaml"
+
+
+def alert_metric_names(path: Path) -> set[str]:
+    rules = yaml.safe_load(path.read_text())["spec"]["groups"]
+    return {name for group in rules for rule in group["rules"]
+            for name in promql_metric_names(rule["expr"]) if name.startswith("boxgen_")}
+
+
+def generate_ok(client: httpx.Client) -> bool:
+    return client.post("/generate", json={"sku": NEW_SKU, "n": 2, "select": "none"}).is_success
 
 NEW_SKU = "new-sku"
 
@@ -137,6 +153,18 @@ def bomb_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (8000, 6000)).save(buffer, format="PNG")  # 48 MP, compresses to ~50 kB
     return buffer.getvalue()
+
+
+def test_dashboard_queries_only_live_metrics(server: BoxgenServer, client: httpx.Client):
+    """Every boxgen_* series the Grafana dashboard and the alerts query is on a live /metrics
+    (after generating and fine-tuning, so labelled series exist; GPU memory needs a GPU)."""
+    assert generate_ok(client)
+    live = {line.split("{")[0].split(" ")[0]
+            for line in httpx.get(server.url + "/metrics").text.splitlines()
+            if line.startswith("boxgen_")}
+    queried = dashboard_metric_names(DASHBOARD) | alert_metric_names(ALERTS)
+    missing = {name for name in queried - live if not name.startswith("boxgen_gpu_memory")}
+    assert not missing, missing
 
 
 @pytest.mark.parametrize(
