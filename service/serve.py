@@ -10,6 +10,7 @@ Prometheus multiprocess files, wiped at every start) in a folder of ours.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -69,8 +70,15 @@ def serve(
     `api_key` / `api_key_file` require that key on /generate, /finetune, /jobs and /models;
     prefer the file (a mounted secret) to a key on the command line, which `ps` shows.
     """
-    os.environ.update(server_environment(models, workers, api_key, api_key_file, home))
+    own_home = home is None and not os.environ.get("BENTOML_HOME")
+    env = server_environment(models, workers, api_key, api_key_file, home)
+    os.environ.update(env)
     import bentoml  # after BENTOML_HOME is set: BentoML reads it at import
 
     package_root = Path(__file__).resolve().parent.parent
-    bentoml.serve(SERVICE, working_dir=str(package_root), host=host, port=port, blocking=True)
+    try:
+        bentoml.serve(SERVICE, working_dir=str(package_root), host=host, port=port,
+                      blocking=True)
+    finally:
+        if own_home:  # the temporary home made for this server holds nothing worth keeping
+            shutil.rmtree(env["BENTOML_HOME"], ignore_errors=True)
