@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,16 @@ def group_images(work: Path, group: int, size: int, photos: int, heldout: int,
                  seed: int) -> tuple[torch.Tensor, np.ndarray]:
     """The group's first `photos` arrangements ([-1, 1] tensors) and `heldout` others (uint8)."""
     folder = work / "groups" / f"g{group:03d}-{size}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
     if not (folder / "data.yaml").is_file():
-        shutil.rmtree(folder, ignore_errors=True)
-        write_corpus(folder, 1, photos + heldout, (size, size), seed, first_group=group)
+        # Render beside it and rename: two ablation processes may share a work folder.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        write_corpus(tmp / "corpus", 1, photos + heldout, (size, size), seed, first_group=group)
+        try:
+            (tmp / "corpus").rename(folder)
+        except OSError:
+            pass  # another process finished first; its images are the same
+        shutil.rmtree(tmp, ignore_errors=True)
     data = load_images(folder, size)
     if len(data.images) < photos + heldout:
         raise ValueError(f"{folder} holds {len(data.images)} images, need {photos + heldout}")
@@ -197,6 +205,8 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
         "group": group,
         "iterations": iterations,
         "snapshot_step": state["step"],
+        # Without detections on the photos, quality is not measured and every new image is green.
+        "quality_measured": selector.quality is not None,
         "categories": report["categories"],
         "kid": report["metrics"].get("kid"),
         "novelty_median": report["metrics"].get("novelty_median"),
@@ -294,6 +304,10 @@ def main() -> None:
               f"device {device}, base resolution {base_cfg.resolution}, {args.photos} photos, "
               f"{args.samples} samples (seed {EVAL_SEED}), KID against {args.heldout} held-out "
               f"arrangements. Categories are means over groups.\n\n")
+    unmeasured = sorted({r["group"] for r in results if not r["quality_measured"]})
+    if unmeasured:
+        header += (f"**Warning:** the labeller found nothing on the photos of groups {unmeasured}: "
+                   "quality was not measured there and every new image counts as green.\n\n")
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(header + text + "\n")

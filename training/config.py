@@ -100,11 +100,16 @@ PROFILES: dict[str, TrainConfig] = {
     ),
 }
 
-# What a ten-image fine-tune changes on top of its base profile.
+# What a ten-image fine-tune changes on top of its base profile. Chosen by
+# bench/finetune_ablation.py (bench/results/finetune_ablation.md): DiffAugment keeps the critic
+# from memorising the photos, CDC keeps latents apart so samples stay new, and a short EMA
+# horizon (0.99: ~100 steps) follows a 1000-step fine-tune instead of staying near the base.
 FINETUNE: dict[str, Any] = dict(
     batch_size=8,
     augment="color,translation,cutout",
     freeze_critic_blocks=0,
+    ema_beta=0.99,
+    cdc_weight=1000.0,
 )
 
 
