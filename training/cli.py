@@ -231,7 +231,7 @@ def generate(
 @click.option(
     "--data",
     type=EXISTING_DIR,
-    help="YOLO-layout corpus (default: render the built-in one at the image size).",
+    help="YOLO-layout corpus (default: render the built-in one, --size pixels, 12 groups x 60).",
 )
 @click.option(
     "--model",
@@ -241,8 +241,27 @@ def generate(
     help="Ultralytics model config; yolov5n.yaml for CPU demos and tests.",
 )
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--imgsz", type=click.IntRange(32), default=256, show_default=True)
+@click.option(
+    "--recipe",
+    type=click.Choice(["auto", "small-images", "standard"]),
+    default="auto",
+    show_default=True,
+    help="Training settings: small-images (bins <= 128 px: imgsz 2x the images, hue jitter, "
+    "AdamW), standard (Ultralytics' defaults); auto picks by the images' size.",
+)
+@click.option(
+    "--imgsz",
+    type=click.IntRange(32),
+    help="Training and labelling size (default: from the recipe; standard: 256).",
+)
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(32, 2048),
+    default=256,
+    show_default=True,
+    help="Image side of the built-in corpus when --data is not given.",
+)
 @click.option(
     "--heldout",
     type=EXISTING_DIR,
@@ -253,8 +272,10 @@ def train_labeller(
     data: Path | None,
     model_cfg: str,
     epochs: int,
-    imgsz: int,
+    recipe: str,
+    imgsz: int | None,
     batch: int,
+    size: int,
     heldout: Path | None,
     models: Path,
 ):
@@ -266,10 +287,14 @@ def train_labeller(
 
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            data = write_corpus(Path(tmp) / "corpus", 12, 60, (imgsz, imgsz), progress=True)
-        version = run(data, models, model_cfg, epochs, imgsz, batch=batch, heldout=heldout)
+            data = write_corpus(Path(tmp) / "corpus", 12, 60, (size, size), progress=True)
+        version = run(data, models, model_cfg, epochs, imgsz, batch=batch, heldout=heldout,
+                      recipe=recipe)
     figures = ", ".join(f"{k} {v:.3f}" for k, v in version.card["metrics"].items())
-    click.echo(f"published labeller version {version.version}: {figures}")
+    click.echo(
+        f"published labeller version {version.version} (recipe {version.card['recipe']}, "
+        f"imgsz {version.card['imgsz']}): {figures}"
+    )
 
 
 @cli.command()
@@ -329,13 +354,20 @@ def serve(models: Path, port: int, host: str, workers: int, api_key_file: Path |
 @click.option("--out", type=DIR, default=Path("out/demo"), show_default=True)
 @click.option("--pretrain-iterations", type=click.IntRange(1), help="Override the demo's default.")
 @click.option("--finetune-iterations", type=click.IntRange(1), help="Override the demo's default.")
-def demo(out: Path, pretrain_iterations: int | None, finetune_iterations: int | None):
+@click.option("--labeller-epochs", type=click.IntRange(1), help="Override the demo's default.")
+def demo(
+    out: Path,
+    pretrain_iterations: int | None,
+    finetune_iterations: int | None,
+    labeller_epochs: int | None,
+):
     """Run the whole product on the built-in corpus: train, publish, serve, call /generate."""
     from training.demo import DemoConfig, run_demo
 
     changes = {
         "pretrain_iterations": pretrain_iterations,
         "finetune_iterations": finetune_iterations,
+        "labeller_epochs": labeller_epochs,
     }
     cfg = DemoConfig(**{k: v for k, v in changes.items() if v is not None})
     run_demo(out, cfg)

@@ -11,11 +11,21 @@ import pytest
 
 from service.labeller import Detections
 from service.repository import LABELLER, ModelNotFound
-from tests.labeller_fixtures import IMGSZ, TrainedLabeller, trained_labeller
+from tests.labeller_fixtures import (
+    FAST_TRAIN_ARGS,
+    IMGSZ,
+    TrainedLabeller,
+    tiny_corpus,
+    trained_labeller,
+)
 from training.labeller import (
+    SMALL_IMAGES,
+    STANDARD,
     coco_map,
     data_fingerprint,
     evaluate_labeller,
+    recipe_for,
+    resolve_recipe,
     split_by_group,
     train_labeller,
 )
@@ -72,6 +82,22 @@ def test_train_labeller_publishes_onnx_and_card(labeller: TrainedLabeller) -> No
     for key in ("val_mAP50", "val_mAP50_95", "heldout_mAP50", "heldout_mAP50_95"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["heldout_images"] == 8
+    # No recipe named: Ultralytics' defaults with the caller's settings, all on the card.
+    assert card["recipe"] == "standard" and card["train_args"] == FAST_TRAIN_ARGS
+
+
+def test_recipes_pick_size_and_settings_by_image_size() -> None:
+    assert recipe_for(64) is SMALL_IMAGES and recipe_for(128) is SMALL_IMAGES
+    assert recipe_for(640) is STANDARD
+    # Small images train at twice their side (a multiple of 32): objects get more cells.
+    assert SMALL_IMAGES.imgsz_for(64) == 128 and SMALL_IMAGES.imgsz_for(40) == 96
+    assert STANDARD.imgsz_for(256) == 256 and STANDARD.imgsz_for(250) == 256
+    # No gradient accumulation for small images: the nominal batch follows the real one.
+    assert SMALL_IMAGES.settings(8)["nbs"] == 8 and "nbs" not in STANDARD.settings(8)
+    assert resolve_recipe("auto", tiny_corpus()) is SMALL_IMAGES  # the 64x64 test corpus
+    assert resolve_recipe("standard", tiny_corpus()) is STANDARD
+    with pytest.raises(ValueError, match="unknown labeller recipe 'fast'"):
+        resolve_recipe("fast", tiny_corpus())
 
 
 def test_fingerprint_changes_with_a_label(labeller: TrainedLabeller, tmp_path: Path) -> None:
