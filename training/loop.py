@@ -218,12 +218,16 @@ def train(
             real = draw_batch()
             with torch.no_grad(), autocast:
                 fake = generator(draw_z())
+            # The critic only ever sees augmented images, so its Lipschitz penalty is taken
+            # there too: penalising clean interpolates leaves it free to blow up on cutouts.
+            real_aug = diff_augment(real, cfg.augment, rng)
+            fake_aug = diff_augment(fake.float(), cfg.augment, rng)
             with autocast:
-                real_scores = critic(diff_augment(real, cfg.augment, rng))
-                fake_scores = critic(diff_augment(fake.float(), cfg.augment, rng))
+                real_scores = critic(real_aug)
+                fake_scores = critic(fake_aug)
                 loss_d = critic_loss(cfg.loss, real_scores.float(), fake_scores.float())
             # The penalty differentiates through the critic twice; fp32 keeps it stable.
-            pen = penalty(cfg.penalty, critic, real, fake.float(), cfg.penalty_weight, rng)
+            pen = penalty(cfg.penalty, critic, real_aug, fake_aug, cfg.penalty_weight, rng)
             opt_d.zero_grad(set_to_none=True)
             (loss_d + pen.penalty).backward()
             opt_d.step()
