@@ -19,7 +19,6 @@ for offline use first (`training.ultralytics_setup`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import re
@@ -35,6 +34,7 @@ import yaml
 from service.datasets import coco_json, image_files, read_image
 from service.labeller import Detections, LabellerSession
 from service.repository import LABELLER, ModelRepository, ModelVersion
+from training.data import data_fingerprint, read_labels
 from training.ultralytics_setup import block_downloads, import_ultralytics
 
 GROUP_PATTERN = re.compile(r"^(g\d+)_")  # built-in corpus stems: g{group:03d}_{index:04d}
@@ -132,30 +132,11 @@ def label_file(data: Path, image: Path) -> Path:
     return Path(data) / "labels" / rel.with_suffix(".txt")
 
 
-def read_labels(path: Path) -> np.ndarray:
-    """YOLO rows (cls, cx, cy, w, h) of one label file; a missing file means no objects."""
-    if not path.is_file():
-        return np.zeros((0, 5), np.float32)
-    try:
-        rows = np.loadtxt(path, dtype=np.float32, ndmin=2)
-    except ValueError as e:
-        raise ValueError(f"cannot read YOLO labels {path}: {e}") from None
-    if rows.size == 0:
-        return np.zeros((0, 5), np.float32)
-    if rows.shape[1] < 5:
-        raise ValueError(f"YOLO labels {path} need 5 columns (cls cx cy w h), got {rows.shape[1]}")
-    return rows[:, :5]
-
-
-def data_fingerprint(data: Path) -> str:
-    """sha256 over every image and label file of a YOLO folder (relative names and bytes)."""
-    data = Path(data)
-    digest = hashlib.sha256()
-    for sub in ("images", "labels"):
-        for path in sorted(p for p in (data / sub).rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(data)).encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+def corpus_fingerprint(data: Path) -> str:
+    """`training.data.data_fingerprint` over every image and label file of a YOLO folder."""
+    folders = [Path(data) / "images", Path(data) / "labels"]
+    files = [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+    return data_fingerprint(files)
 
 
 def split_by_group(
@@ -282,7 +263,8 @@ def train_labeller(
 
     # Train on a group split of the corpus, in a work dir that goes away afterwards.
     owned = work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="boxgen-labeller-")) if owned else Path(work_dir)
+    # Absolute: Ultralytics puts a relative `project` under ./runs/detect/.
+    work = Path(tempfile.mkdtemp(prefix="boxgen-labeller-")) if owned else Path(work_dir).resolve()
     try:
         split_yaml = write_split(data, work, seed)
         args = dict(data=str(split_yaml), epochs=epochs, imgsz=imgsz, batch=batch,
@@ -320,7 +302,7 @@ def train_labeller(
             "recipe": recipe.name,
             "train_args": settings,
             "data": str(data.resolve()),
-            "data_fingerprint": data_fingerprint(data),
+            "data_fingerprint": corpus_fingerprint(data),
             "heldout_data": str(Path(heldout).resolve()) if heldout is not None else None,
             "metrics": metrics,
             "onnx_opset": ONNX_OPSET,
@@ -341,7 +323,8 @@ def ground_truth(
     """The YOLO labels of image `files` in the folder `data` as pixel boxes (confidence 1)."""
     truth = []
     for file, (h, w) in zip(files, shapes, strict=True):
-        rows = read_labels(label_file(data, file))
+        path = label_file(data, file)
+        rows = read_labels(path) if path.is_file() else np.zeros((0, 5))
         cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
         truth.append(Detections(boxes.reshape(-1, 4), rows[:, 0].astype(np.int64),

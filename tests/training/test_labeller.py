@@ -22,7 +22,7 @@ from training.labeller import (
     SMALL_IMAGES,
     STANDARD,
     coco_map,
-    data_fingerprint,
+    corpus_fingerprint,
     evaluate_labeller,
     recipe_for,
     resolve_recipe,
@@ -76,7 +76,7 @@ def test_train_labeller_publishes_onnx_and_card(labeller: TrainedLabeller) -> No
     assert labeller.version.name == LABELLER and labeller.version.file("labeller.onnx").is_file()
     assert card["classes"] == list(CLASSES) and card["imgsz"] == IMGSZ
     assert card["model_cfg"] == "yolov5n.yaml" and card["files"] == ["labeller.onnx"]
-    assert card["data_fingerprint"] == data_fingerprint(labeller.corpus)
+    assert card["data_fingerprint"] == corpus_fingerprint(labeller.corpus)
     assert re.fullmatch(r"[0-9a-f]{64}", card["data_fingerprint"])
     metrics = card["metrics"]
     for key in ("val_mAP50", "val_mAP50_95", "heldout_mAP50", "heldout_mAP50_95"):
@@ -104,10 +104,10 @@ def test_fingerprint_changes_with_a_label(labeller: TrainedLabeller, tmp_path: P
     import shutil
 
     copy = Path(shutil.copytree(labeller.corpus, tmp_path / "copy"))
-    before = data_fingerprint(copy)
+    before = corpus_fingerprint(copy)
     label = sorted((copy / "labels").glob("*.txt"))[0]
     label.write_text(label.read_text().replace("0.", "0.1", 1))
-    assert data_fingerprint(copy) != before
+    assert corpus_fingerprint(copy) != before
 
 
 def test_evaluate_labeller_agrees_with_card(labeller: TrainedLabeller) -> None:
