@@ -113,8 +113,8 @@ def prepare_models(work: Path) -> Path:
         publish_pretrained(work / "runs" / "base", models)
     if not repo.versions(LABELLER):
         print(f"training the labeller ({cfg.labeller_epochs} epochs)", flush=True)
-        train_labeller(corpus, models, cfg.labeller_model, cfg.labeller_epochs, cfg.size,
-                       progress=False)
+        train_labeller(corpus, models, cfg.labeller_model, cfg.labeller_epochs,
+                       recipe="auto", progress=False)  # the demo's labeller recipe
     return models
 
 

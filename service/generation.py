@@ -29,10 +29,10 @@ from starlette.responses import Response
 
 from service import metrics
 from service.datasets import write_dataset
-from service.errors import Conflict
+from service.errors import Conflict, RequestError
 from service.generator import GeneratorSession
 from service.labeller import Detections, LabellerSession
-from service.repository import LABELLER, ModelRepository, ModelVersion
+from service.repository import LABELLER, ModelNotFound, ModelRepository, ModelVersion
 from service.schemas import Box, GeneratedImage, GenerateRequest, GenerateResponse
 from service.selection import Selector, sample_selected
 
@@ -70,8 +70,13 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def load_labeller(self) -> LabellerSession:
-        """The newest published labeller (reloaded when a newer one appears)."""
-        newest = self.repository.resolve(LABELLER)
+        """The newest published labeller (reloaded when a newer one appears); 503 without one."""
+        try:
+            newest = self.repository.resolve(LABELLER)
+        except ModelNotFound:
+            # The server's state, not the request, is at fault: not a 404 on the SKU.
+            raise RequestError("no labeller in the model repository yet; publish one with "
+                               "`boxgen train-labeller`", None, status=503) from None
         with self.lock:
             if self.labeller is None or self.labeller_version != newest.version:
                 self.labeller = LabellerSession.from_repository(self.repository.root,

@@ -220,8 +220,8 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
 
 
 def has_checkpoint(run: Path) -> bool:
-    checkpoints = run / "checkpoints"
-    return checkpoints.is_dir() and any(p.is_file() for p in checkpoints.iterdir())
+    """Whether `boxgen finetune` left a checkpoint to resume (training/checkpoint.py's name)."""
+    return (run / "checkpoints" / "latest.pt").is_file()
 
 
 def last_line(path: Path, default: str) -> str:

@@ -132,7 +132,9 @@ class ModelRepository:
             for dest, src in files.items():
                 shutil.copyfile(src, staging / dest)
             while True:
-                version = max(self.versions(name), default=0) + 1
+                # Every number-named folder counts, complete or not: renaming onto one fails.
+                taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+                version = max(taken, default=0) + 1
                 full_card = {
                     **card,
                     "name": name,

@@ -104,7 +104,7 @@ class Boxgen:
             self.last_warm_up = time.monotonic()
             try:
                 self.cache.warm_up()
-            except (ModelNotFound, FileNotFoundError) as exc:
+            except (ModelNotFound, FileNotFoundError, RequestError) as exc:
                 logger.warning("not ready: %s", exc)
                 return False
             metrics.update_gpu_memory()

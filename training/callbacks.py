@@ -16,7 +16,7 @@ from tqdm import tqdm
 from training.loop import Callback, Run
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     """Readers (the service's job runner) never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)

@@ -171,7 +171,8 @@ def finetune(
     if freeze_critic_blocks is not None:
         changes["freeze_critic_blocks"] = freeze_critic_blocks
     version = run_finetune(
-        sku, images, models, out=out, base=base, overrides=changes, status_file=status_file
+        sku, images, models, out=out, base=base, overrides=changes, status_file=status_file,
+        labels=labels,
     )
     click.echo(f"published {sku} version {version.version} to {models}")
 

@@ -11,6 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from training.augment import parse_policy
+from training.data import FITS
+from training.losses import LOSS_MODES, PENALTIES
+from training.networks import NORMS
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,6 +62,25 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bfloat16 autocast when on CUDA; ignored on CPU
     deterministic: bool = False  # deterministic CUDA kernels (bit-exact resume on GPU, slower)
+
+    def __post_init__(self) -> None:
+        """Refuse bad values here, with the field's name, not at the first training step."""
+        for name in ("log_every", "sample_every", "checkpoint_every", "batch_size", "n_critic",
+                     "grid_size", "eval_samples", "z_dim", "g_channels", "d_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("iterations", "freeze_critic_blocks", "cdc_weight", "penalty_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.ema_beta < 1:
+            raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
+        choices = {"loss": LOSS_MODES, "penalty": PENALTIES, "critic_norm": NORMS, "fit": FITS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} is not one of {', '.join(valid)}"
+                )
+        parse_policy(self.augment)  # raises ValueError naming the valid policies
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

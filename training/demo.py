@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 import httpx
 import numpy as np
+import yaml
 from PIL import Image
 
 from service.repository import BASE, LABELLER, ModelRepository
@@ -96,8 +97,9 @@ def call_service(models: Path, out: Path, sku: str, n: int) -> dict:
         response.raise_for_status()
         return response.json()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
         log.close()
 
 
@@ -135,7 +137,9 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
                 stem = Path(name).stem
                 shutil.copy(sku / "images" / name, folder / "images" / name)
                 shutil.copy(sku / "labels" / f"{stem}.txt", folder / "labels" / f"{stem}.txt")
-            shutil.copy(sku / "data.yaml", folder / "data.yaml")
+            data = yaml.safe_load((sku / "data.yaml").read_text())
+            data["path"] = str(folder.resolve())  # the rendered folder goes away below
+            (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         shutil.rmtree(sku)
 
     step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)")

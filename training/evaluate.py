@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from service.datasets import image_files, read_image
-from service.generator import GeneratorSession
+from service.generator import GeneratorSession, to_uint8
 from service.labeller import LabellerSession
 from service.repository import ModelNotFound
 from service.selection import (
@@ -52,12 +52,6 @@ def selection_score(report: dict[str, Any]) -> float:
     return float(c["green"] + 0.5 * c["yellow"])
 
 
-def _to_uint8(images: Any) -> np.ndarray:
-    """training.data tensors in [-1, 1] [N, 3, R, R] to uint8 [N, R, R, 3]."""
-    x = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    return np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
 def load_folder(path: str | Path, resolution: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """Every image in a plain or YOLO-layout folder as uint8 [N, R, R, 3] (stretched), with paths.
 
@@ -68,7 +62,7 @@ def load_folder(path: str | Path, resolution: int | None = None) -> tuple[np.nda
         folder = path / "images" if (path / "images").is_dir() else path
         resolution = max(read_image(image_files(folder, recursive=True)[0]).shape[:2])
     data = load_images(path, resolution)
-    return _to_uint8(data.images), list(data.paths)
+    return to_uint8(data.images.numpy()), list(data.paths)
 
 
 def _labeller(models: str | Path, version: int | None = None) -> LabellerSession:

@@ -8,9 +8,11 @@ is published, together with the selector that `/generate` filters samples with.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from service.generator import latents, to_uint8
 from service.labeller import LabellerSession
 from service.repository import BASE, LABELLER, ModelRepository, ModelVersion, validate_sku
 from service.selection import Selector
-from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
+from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile, write_json_atomic
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
 from training.data import data_fingerprint, load_images, read_labels
@@ -34,6 +36,7 @@ MAX_IMAGES = 100  # beyond this it is a pretraining corpus, not a few-shot fine-
 RECOMMENDED_IMAGES = 10
 BEST = "best.pt"
 BEST_REPORT = "best_report.json"
+SNAPSHOTS = "snapshots.json"
 
 
 def load_base(models: Path, base: Path | None = None) -> tuple[dict[str, Any], str]:
@@ -68,7 +71,7 @@ class SnapshotJudge(Callback):
     def __init__(self, selector: Selector, labeller: LabellerSession, status: StatusFile | None):
         self.selector, self.labeller, self.status = selector, labeller, status
 
-    def generate(self, run: Run):
+    def generate(self, run: Run) -> Callable[[int, int], np.ndarray]:
         def sample(n: int, seed: int) -> np.ndarray:
             z = torch.from_numpy(latents(n, run.cfg.z_dim, seed)).to(run.device)
             with torch.no_grad():
@@ -76,20 +79,34 @@ class SnapshotJudge(Callback):
 
         return sample
 
+    def on_train_start(self, run: Run) -> None:
+        # A run killed while judging resumes at a checkpoint nobody judged: judge it now, or a
+        # fine-tune killed at its last step would publish without its final snapshot compared.
+        latest = latest_checkpoint(run.run_dir)
+        if latest is not None and run.step not in [h["step"] for h in self.history(latest)]:
+            self.on_checkpoint(run, latest)
+
+    @staticmethod
+    def history(checkpoint: Path) -> list[dict[str, Any]]:
+        record = checkpoint.parent / SNAPSHOTS
+        return json.loads(record.read_text()) if record.is_file() else []
+
     def on_checkpoint(self, run: Run, path: Path) -> None:
         report = evaluate_generator(
             self.generate(run), self.selector, self.labeller, n=run.cfg.eval_samples
         )
-        record = path.parent / "snapshots.json"
-        history = json.loads(record.read_text()) if record.is_file() else []
-        history = [h for h in history if h["step"] < run.step]  # a resumed run redoes later ones
+        history = [h for h in self.history(path) if h["step"] != run.step]
         score = selection_score(report)
         best = max((h["score"] for h in history), default=-1.0)
         history.append({"step": run.step, "score": score, "categories": report["categories"]})
+        # Each file is replaced atomically and the history goes last: after a kill in between,
+        # the step is missing from the history and `on_train_start` judges it again.
         if score > best or not (path.parent / BEST).is_file():
-            shutil.copyfile(path, path.parent / BEST)
-            (path.parent / BEST_REPORT).write_text(json.dumps(report, indent=1))
-        record.write_text(json.dumps(history, indent=1))
+            tmp = path.parent / f".{BEST}.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, path.parent / BEST)
+            write_json_atomic(path.parent / BEST_REPORT, report)
+        write_json_atomic(path.parent / SNAPSHOTS, history)
         if self.status is not None:
             self.status.update(evaluation={"step": run.step, **report["categories"]})
 
@@ -115,6 +132,8 @@ def finetune(
     models = Path(models)
     state, parent = load_base(models, base)
     cfg = finetune_config(state, overrides)
+    if cfg.iterations < 1:
+        raise ValueError(f"iterations must be at least 1 for a fine-tune, got {cfg.iterations}")
     dataset = load_images(
         images, cfg.resolution, fit=cfg.fit, min_images=MIN_IMAGES, max_images=MAX_IMAGES
     )
@@ -154,7 +173,7 @@ def finetune(
         if selector is not None:
             card["selection"] = selector.save(tmp)
             files = {p.name: p for p in Path(tmp).iterdir()}
-            history = json.loads((checkpoints / "snapshots.json").read_text())
+            history = json.loads((checkpoints / SNAPSHOTS).read_text())
             card["snapshots"] = history
             card["evaluation"] = json.loads((checkpoints / BEST_REPORT).read_text())
         version = publish_generator(snapshot, sku, models, card=card, extra_files=files)

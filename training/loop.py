@@ -155,6 +155,7 @@ def train(
     source_state = None  # the generator CDC keeps distances like (the base's)
     if resume.is_file():
         state = load_checkpoint(resume)
+        check_compatible(cfg, state)
         source_state = state.get("generator_source")
         for name in ("generator", "critic", "generator_ema", "opt_g", "opt_d"):
             getattr(run, name).load_state_dict(state[name])

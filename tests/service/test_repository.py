@@ -68,3 +68,13 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     with pytest.raises(ModelNotFound):
         repo.resolve("a")
     assert repo.publish("a", {"generator.onnx": src}, {}).version == 1
+
+
+def test_a_number_folder_without_card_is_skipped_not_looped_on(tmp_path):
+    """An incomplete `3/` (no card) is invisible, and publication takes the number after it."""
+    repo = ModelRepository(tmp_path)
+    src = make_file(tmp_path / "g.onnx")
+    (tmp_path / "a" / "3").mkdir(parents=True)
+    (tmp_path / "a" / "3" / "generator.onnx").write_bytes(b"partial")
+    assert repo.versions("a") == []
+    assert repo.publish("a", {"generator.onnx": src}, {}).version == 4

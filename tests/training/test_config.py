@@ -29,3 +29,16 @@ def test_overrides_are_typed():
 def test_round_trip():
     cfg = PROFILES["demo"]
     assert TrainConfig.from_dict(cfg.to_dict() | {"unknown": 1}) == cfg
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"sample_every": 0}, "sample_every must be at least 1"),
+     ({"iterations": -1}, "iterations must not be negative"),
+     ({"ema_beta": 1.0}, "ema_beta must be in"),
+     ({"loss": "wasserstein"}, "loss 'wasserstein' is not one of"),
+     ({"augment": "colour"}, "unknown augmentation 'colour'")],
+)
+def test_bad_values_are_refused_naming_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        profile("tiny").replace(**change)
