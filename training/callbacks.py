@@ -53,7 +53,12 @@ class MetricsLog(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run.run_dir / "tb"), purge_step=run.step + 1)
-        self.jsonl = open(run.run_dir / "metrics.jsonl", "a")
+        path = run.run_dir / "metrics.jsonl"
+        if path.is_file():  # a resumed run redoes the steps after its checkpoint: drop them
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= run.step]
+            path.write_text("".join(f"{line}\n" for line in kept))
+        self.jsonl = open(path, "a")
 
     def on_step_end(self, run: Run, metrics: dict[str, float]) -> None:
         if run.step % run.cfg.log_every:

@@ -63,6 +63,13 @@ def test_training_changes_weights_and_logs(tmp_path, images):
     assert all(changed)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    # A run killed after logging step 6 but before its checkpoint resumes from step 4 and
+    # logs steps 5-6 again: each step appears once.
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 6}) + "\n")
+    train(cfg.replace(iterations=6), images, tmp_path / "run", [MetricsLog()])
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6]
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
         "step-000002.png",
         "step-000004.png",
