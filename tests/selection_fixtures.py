@@ -10,16 +10,13 @@ the labeller saw), new arrangements it never saw, and the same products cut in h
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from tests import labeller_fixtures
 from training.render import make_group, render_image, write_corpus
-from training.ultralytics_setup import configure_offline
 
 GROUP = 10
 SIZE = (64, 64)
@@ -28,12 +25,11 @@ ARRANGEMENT_KEY = 0x1A  # write_corpus' rng key: index i here is the corpus' ima
 TRAIN_ARGS = {"warmup_epochs": 0, "optimizer": "SGD", "lr0": 0.02, "mosaic": 0.0, "scale": 0.1}
 
 
-@functools.cache
 def scratch() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="boxgen-selection-tests-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    configure_offline(root / "ultralytics")
-    return root
+    """This module's folder inside the shared test scratch root (offline Ultralytics set up)."""
+    folder = labeller_fixtures.scratch() / "selection"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @functools.cache
