@@ -159,7 +159,11 @@ class QualityCalibration:
         or above it scores 1, below it proportionally less.
     shapes: per class name (index as a string), the (min, max) of the long and of the short
         box side on the real images, as fractions of the image's short side. An object of a
-        class never seen on the real images is not shape-checked.
+        class never seen on the real images is not shape-checked. Boxes are axis-aligned, so a
+        product's short side grows with its rotation (a bottle at 45° has a nearly square
+        box) and ten photos rarely show every angle: the long side is checked against its
+        range (rotation moves it little; a product cut across its length loses half), the short
+        side only against its minimum (a round can cut in half) and the longest long side.
     count_range: (min, max) objects per real image; each object fewer costs half the score,
         each object more a quarter.
     """
@@ -199,8 +203,8 @@ class QualityCalibration:
         shape = np.ones(len(conf))
         for i, (c, long, short) in enumerate(_box_sides(det, size)):
             if str(c) in self.shapes:
-                lo_l, hi_l, lo_s, hi_s = self.shapes[str(c)]
-                shape[i] = min(_range_score(long, lo_l, hi_l), _range_score(short, lo_s, hi_s))
+                lo_l, hi_l, lo_s, _ = self.shapes[str(c)]
+                shape[i] = min(_range_score(long, lo_l, hi_l), _range_score(short, lo_s, hi_l))
         return conf, shape
 
     def score(self, det: DetectionsLike, size: tuple[int, int]) -> tuple[float, bool, str]:

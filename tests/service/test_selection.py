@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from service.labeller import Detections
-from service.selection import Selector, category_fractions, sample_selected
+from service.selection import QualityCalibration, Selector, category_fractions, sample_selected
 from training.render import make_group, render_image
 
 GROUP, SIZE = 10, (64, 64)
@@ -81,6 +81,27 @@ def test_missing_objects_lower_quality(selector):
     full, missing = selector.score(np.stack([image, image]), [det, fewer])
     assert full.quality == 1.0 and missing.quality < full.quality
     assert missing.category == "white"
+
+
+def boxes(*sides: tuple[float, float]) -> Detections:
+    """One box per (width, height) in pixels of a 100-px image, class 0, confidence 0.9."""
+    xyxy = np.array([[10, 10, 10 + w, 10 + h] for w, h in sides], np.float32)
+    return Detections(xyxy, np.zeros(len(sides), np.int64), np.full(len(sides), 0.9, np.float32),
+                      (100, 100))
+
+
+def test_a_rotated_product_is_whole_and_a_cut_one_partial():
+    # Ten photos show a 30x10 bottle lying straight; a new arrangement turns it 45 degrees.
+    calibration = QualityCalibration.fit([boxes((30, 10))] * 5 + [boxes((10, 30))] * 5,
+                                         [(100, 100)] * 10)
+    turned, cut_across, cut_lengthwise = boxes((28, 28)), boxes((15, 10)), boxes((30, 4))
+    assert calibration.score(turned, (100, 100))[:2] == (1.0, False)
+    assert calibration.score(cut_across, (100, 100))[1]
+    assert calibration.score(cut_lengthwise, (100, 100))[1]
+    # A round can (20x20) cut in half keeps its long side; its short side gives it away.
+    can = QualityCalibration.fit([boxes((20, 20))] * 10, [(100, 100)] * 10)
+    assert can.score(boxes((20, 10)), (100, 100))[1]
+    assert can.score(boxes((21, 19)), (100, 100))[:2] == (1.0, False)
 
 
 def test_save_and_load_give_the_same_scores(tmp_path, selector):

@@ -42,7 +42,7 @@ def test_sanity_checks_of_the_four_categories(labeller, train):
     broken = category_fractions(selector.score(cut, labeller.label(cut)))
     assert as_generated["red"] >= 0.95, as_generated
     assert new["red"] <= 0.10, new
-    assert new["green"] >= 0.5, new
+    assert new["green"] >= 0.75 and new["white"] <= 0.05, new
     assert broken["white"] >= 0.5, broken
 
 
