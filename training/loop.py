@@ -258,21 +258,23 @@ def train(
                 b_ema.copy_(b)
         run.step += 1
 
-        # Logging, sample grids, checkpoints.
-        metrics = {
-            "step": run.step,
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "penalty": pen.penalty.item(),
-            "grad_norm": pen.grad_norm.item() if pen.grad_norm is not None else 0.0,
-            "wasserstein": (real_scores.float().mean() - fake_scores.float().mean()).item(),
-            "seconds_per_step": time.perf_counter() - started,
-        }
-        if run.generator_source is not None:
-            metrics["cdc"] = loss_cdc.item()
+        # Logging, sample grids, checkpoints. Reading losses forces a GPU sync, so only on
+        # logging steps; callbacks read metrics only then.
+        last = run.step == cfg.iterations
+        metrics: dict[str, float] = {"step": run.step}
+        if run.step % cfg.log_every == 0 or last:
+            metrics |= {
+                "loss_d": loss_d.item(),
+                "loss_g": loss_g.item(),
+                "penalty": pen.penalty.item(),
+                "grad_norm": pen.grad_norm.item() if pen.grad_norm is not None else 0.0,
+                "wasserstein": (real_scores.float().mean() - fake_scores.float().mean()).item(),
+                "seconds_per_step": time.perf_counter() - started,
+            }
+            if run.generator_source is not None:
+                metrics["cdc"] = loss_cdc.item()
         for cb in callbacks:
             cb.on_step_end(run, metrics)
-        last = run.step == cfg.iterations
         if run.step % cfg.sample_every == 0 or last:
             with torch.no_grad():
                 grid = generator_ema(sample_z).float().cpu()
