@@ -198,9 +198,10 @@ def _quiet(enabled: bool):
 
 
 def _default_device() -> str:
-    import torch
+    """Ultralytics' device string for `training.loop.pick_device` (BOXGEN_DEVICE=cpu honoured)."""
+    from training.loop import pick_device
 
-    return "0" if torch.cuda.is_available() else "cpu"
+    return "0" if pick_device().type == "cuda" else "cpu"
 
 
 def export_onnx(weights: Path, imgsz: int) -> Path:

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.loop import pick_device
+
 FEATURES_VERSION = "random-cnn-v1"  # name recorded in reports; change it if the network changes
 INPUT_SIDE = 64  # images are squashed to this square
 SEED = 20211  # fixed: changing it changes every reported number
@@ -39,10 +41,6 @@ def _network(device: str) -> nn.Module:
     return nn.Sequential(*layers).eval().to(device)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @torch.no_grad()
 def image_features(images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Features of uint8 images [N, H, W, 3] (any H, W).  # [N, 2 * CHANNELS[-1]] float64"""
@@ -50,7 +48,7 @@ def image_features(images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} "
                          f"{images.shape}")
-    device = _device()
+    device = pick_device()
     net = _network(device)
     out = []
     for start in range(0, len(images), batch_size):

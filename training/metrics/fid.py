@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from training.loop import pick_device
+
 
 @functools.cache
 def _inception(path: str, device: str) -> torch.nn.Module:
@@ -36,7 +38,7 @@ def _inception(path: str, device: str) -> torch.nn.Module:
 @torch.no_grad()
 def inception_features(images: np.ndarray, weights: str | Path, batch_size: int = 32) -> np.ndarray:
     """2048-d pool features of uint8 images [N, H, W, 3].  # [N, 2048] float64"""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     model = _inception(str(weights), device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
