@@ -64,7 +64,7 @@ class ModelCache:
         self.repository = repository
         self.max_generators = max_generators
         self.generators: OrderedDict[tuple[str, int], GeneratorSession] = OrderedDict()
-        self.selectors: dict[tuple[str, int], Any] = {}
+        self.selectors: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self.labeller: LabellerSession | None = None
         self.labeller_version: int | None = None
         self.lock = threading.Lock()
@@ -102,16 +102,23 @@ class ModelCache:
     def selector(self, entry: ModelVersion) -> Any:
         """The version's selection (novelty reference, thresholds), or 409 when it has none."""
         key = (entry.name, entry.version)
-        if key not in self.selectors:
-            card = entry.card
-            if not card.get("selection"):
-                raise Conflict(
-                    f"model {entry.name} version {entry.version} has no selection data (it was "
-                    "published without a labeller in the repository, or by `boxgen export`); "
-                    "ask for select=none, or fine-tune it again", "select",
-                )
-            self.selectors[key] = Selector.load(entry.path, card["selection"])
-        return self.selectors[key]
+        with self.lock:
+            if key in self.selectors:
+                self.selectors.move_to_end(key)
+                return self.selectors[key]
+        card = entry.card
+        if not card.get("selection"):
+            raise Conflict(
+                f"model {entry.name} version {entry.version} has no selection data (it was "
+                "published without a labeller in the repository, or by `boxgen export`); "
+                "ask for select=none, or fine-tune it again", "select",
+            )
+        selector = Selector.load(entry.path, card["selection"])
+        with self.lock:  # as many as generators: each holds its version's reference features
+            self.selectors[key] = selector
+            while len(self.selectors) > self.max_generators:
+                self.selectors.popitem(last=False)
+        return selector
 
     def warm_up(self) -> None:
         """Load the labeller and each SKU's newest generator, and run each once."""

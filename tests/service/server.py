@@ -51,8 +51,9 @@ def render_corpus(out: Path, groups: int = 4, per_group: int = 8, size: int = 64
 
 
 def publish_tiny_generator(models: Path, sku: str = DEMO_SKU, seed: int = 0,
-                           card: dict | None = None) -> int:
-    """A real (untrained) 32² generator exported to ONNX and published; returns its version."""
+                           card: dict | None = None, files: dict | None = None) -> int:
+    """A real (untrained) 32² generator exported to ONNX and published with `files` beside it;
+    returns its version."""
     import torch
 
     from service.repository import ModelRepository
@@ -65,7 +66,7 @@ def publish_tiny_generator(models: Path, sku: str = DEMO_SKU, seed: int = 0,
         path = Path(tmp) / "generator.onnx"
         parity = export_onnx(generator, path)
         version = ModelRepository(models).publish(
-            sku, {"generator.onnx": path},
+            sku, {"generator.onnx": path, **(files or {})},
             {"kind": "generator", "generator_args": generator.init_args(),
              "onnx_parity_max_abs": parity, **(card or {})},
         )
