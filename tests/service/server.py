@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from service.repository import LABELLER
+from training.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SKU = "demo"
@@ -35,12 +35,6 @@ Z_DIM = 16
 STARTUP_TIMEOUT = 90.0
 
 _template: Path | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render_corpus(out: Path, groups: int = 4, per_group: int = 8, size: int = 64,
