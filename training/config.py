@@ -41,6 +41,9 @@ class TrainConfig:
     n_critic: int = 5
     iterations: int = 40_000  # generator steps
     ema_beta: float = 0.999  # generator EMA decay per generator step; 0 disables it
+    # EMA ramp-up (StyleGAN2-ADA): the EMA's half-life is at most this fraction of the steps so
+    # far, so the EMA of a short run is not a blur of its first steps; 0 disables it.
+    ema_rampup: float = 0.05
 
     # Few-shot techniques (off in the thesis recipe).
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"
@@ -69,7 +72,8 @@ class TrainConfig:
                      "grid_size", "eval_samples", "z_dim", "g_channels", "d_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("iterations", "freeze_critic_blocks", "cdc_weight", "penalty_weight"):
+        for name in ("iterations", "freeze_critic_blocks", "cdc_weight", "penalty_weight",
+                     "ema_rampup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_beta < 1:

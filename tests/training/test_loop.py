@@ -8,7 +8,7 @@ import torch
 from training.callbacks import MetricsLog, SampleGrids, StatusFile
 from training.checkpoint import load_checkpoint
 from training.config import profile
-from training.loop import train
+from training.loop import ema_decay, train
 
 
 @pytest.fixture
@@ -109,3 +109,26 @@ def test_base_with_other_shape_is_refused(tmp_path, images):
 def test_wrong_image_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\[N, 3, 32, 32\]"):
         train(profile("tiny"), torch.zeros(4, 3, 64, 64), tmp_path / "run")
+
+
+def test_ema_ramps_up_to_its_configured_decay():
+    cfg = profile("demo")  # ema_beta 0.999: half-life 693 steps
+    decays = [ema_decay(cfg, step) for step in (1, 100, 1_000, 10_000, 100_000)]
+    assert decays[0] < 1e-5  # the first EMA is the generator itself
+    assert decays == sorted(decays)
+    assert decays[1] == pytest.approx(0.5 ** (1 / 5))  # half-life 5% of 100 steps
+    assert decays[-1] == cfg.ema_beta
+    assert ema_decay(cfg.replace(ema_rampup=0), 1) == cfg.ema_beta
+    assert ema_decay(cfg.replace(ema_beta=0), 10) == 0
+
+
+def test_a_short_run_publishes_an_ema_near_its_last_generator(tmp_path, images):
+    cfg = profile("tiny").replace(ema_beta=0.999)
+    last = train(cfg, images, tmp_path / "ramped")
+    frozen = train(cfg.replace(ema_rampup=0), images, tmp_path / "fixed")
+
+    def gap(run):
+        return max((a - b).abs().max().item() for a, b in zip(
+            run.generator_ema.parameters(), run.generator.parameters(), strict=True))
+
+    assert gap(last) < 0.5 * gap(frozen)
