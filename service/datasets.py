@@ -24,11 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.labeller import Detections, LabellerSession
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by its suffix; hidden files (macOS' "._x.png" resource forks) are not."""
+    return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+            and path.is_file())
 
 
 def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
@@ -37,19 +43,33 @@ def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     found = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in found if is_image_file(p))
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as uint8 RGB [H, W, 3]; ValueError naming the file if it cannot be read."""
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image fully, as RGB, upright per its EXIF orientation (as photos are labelled);
+    ValueError naming the file if it is not a readable image or too large."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+            image.load()  # decode now so truncated files fail here, naming the file
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"cannot read image {path}: too large ({_first_line(err)})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as uint8 RGB [H, W, 3] (see `open_image`)."""
+    return np.asarray(open_image(path))
 
 
 def read_images(

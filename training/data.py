@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from service.datasets import IMAGE_SUFFIXES, is_image_file, open_image
 from training.render import CLASSES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FITS = ("stretch", "letterbox")
 PAD_GREY = 114  # Ultralytics' letterbox grey
 
@@ -43,20 +43,14 @@ class ImageSet:
         return len(self.paths)
 
 
-def _is_image(path: Path) -> bool:
-    # Hidden files include macOS' "._x.png" resource forks, which are not images.
-    suffix_ok = path.suffix.lower() in IMAGE_SUFFIXES
-    return suffix_ok and not path.name.startswith(".") and path.is_file()
-
-
 def _find(root: Path) -> tuple[list[Path], list[Path | None]]:
     """Image files under `root` and, for each, the label file it would have (or None)."""
     if (root / "images").is_dir():
-        images = sorted(p for p in (root / "images").rglob("*") if _is_image(p))
+        images = sorted(p for p in (root / "images").rglob("*") if is_image_file(p))
         label_of = [root / "labels" / p.relative_to(root / "images").with_suffix(".txt")
                     for p in images]
     else:
-        images = sorted(p for p in root.iterdir() if _is_image(p))
+        images = sorted(p for p in root.iterdir() if is_image_file(p))
         label_of = [p.with_suffix(".txt") for p in images]
     return images, [p if p.is_file() else None for p in label_of]
 
@@ -69,7 +63,8 @@ def _class_names(root: Path) -> tuple[str, ...] | None:
     try:
         names = (yaml.safe_load(spec_path.read_text()) or {}).get("names")
     except (yaml.YAMLError, AttributeError) as err:
-        raise ValueError(f"{spec_path}: not a valid data.yaml ({_one_line(err)})") from None
+        problem = " ".join(str(err).split())[:200]  # YAML errors span lines
+        raise ValueError(f"{spec_path}: not a valid data.yaml ({problem})") from None
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
             raise ValueError(f"{spec_path}: names must be numbered 0..{len(names) - 1}")
@@ -77,11 +72,6 @@ def _class_names(root: Path) -> tuple[str, ...] | None:
     if isinstance(names, list):
         return tuple(str(n) for n in names)
     raise ValueError(f"{spec_path}: no 'names' list or mapping")
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -106,18 +96,6 @@ def read_labels(path: Path) -> np.ndarray:
             raise ValueError(f"{path}:{n}: class must be an integer >= 0 and box values in [0, 1]")
         rows.append(row)
     return np.array(rows, np.float64).reshape(-1, 5)
-
-
-def _open(path: Path) -> Image.Image:
-    """Decode an image fully, as RGB, upright per its EXIF orientation."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now so truncated files fail here, naming the file
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: image too large ({_one_line(err)})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable image ({_one_line(err)})") from None
 
 
 def _fit(img: Image.Image, labels: np.ndarray, resolution: int, fit: str
@@ -171,7 +149,7 @@ def load_images(path: str | Path, resolution: int, fit: str = "stretch", min_ima
         if names is not None and len(boxes) and boxes[:, 0].max() >= len(names):
             raise ValueError(f"{label_file}: class {int(boxes[:, 0].max())} is not in "
                              f"data.yaml's {len(names)} names")
-        img = _open(file)
+        img = open_image(file)
         img, boxes = _fit(img, boxes, resolution, fit)
         pixels[i] = np.asarray(img)
         labels.append(boxes)

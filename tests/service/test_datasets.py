@@ -111,6 +111,21 @@ def test_reading_bad_folders_gives_clear_errors(tmp_path: Path) -> None:
         read_images(tmp_path / "bad")
 
 
+def test_photos_read_upright_and_hidden_files_are_skipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a white left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; show rotated 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    (tmp_path / "._photo.jpg").write_bytes(b"macOS resource fork")
+    [path] = image_files(tmp_path)
+    upright = read_image(path)
+    assert upright.shape == (40, 20, 3)
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the white edge is on top
+
+
 def test_write_dataset_rejects_mismatched_input(tmp_path: Path) -> None:
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="1 images but 2"):
