@@ -47,6 +47,7 @@ class Generated:
     seed: int | None
     images: list[np.ndarray]  # uint8 [H, W, 3] each
     detections: list[Detections]
+    classes: list[str]  # the class names of the labeller that labelled them
     scores: list[dict[str, Any] | None]  # category / novelty / quality per image
     tried: int  # samples drawn
     passed: int  # samples that passed selection (all of them with select=none)
@@ -158,14 +159,14 @@ class Pipeline:
         if select == "none":
             images = sample(n, seed)
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
-                             [None] * len(images), len(images), len(images))
+                             labeller.classes, [None] * len(images), len(images), len(images))
 
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
                                  max_tries=n * self.max_tries_factor)
         return Generated(
             sku, entry.version, select, seed, list(result.images), list(result.detections),
-            [score_fields(s) for s in result.scores], result.tried, len(result.images),
-            None if result.complete else result.message,
+            labeller.classes, [score_fields(s) for s in result.scores], result.tried,
+            len(result.images), None if result.complete else result.message,
         )
 
 
@@ -190,11 +191,11 @@ def boxes(detections: Detections, classes: list[str]) -> list[Box]:
     ]
 
 
-def to_json(result: Generated, classes: list[str]) -> GenerateResponse:
+def to_json(result: Generated) -> GenerateResponse:
     images = [
         GeneratedImage(
             png_base64=base64.b64encode(png_bytes(image)).decode(),
-            width=image.shape[1], height=image.shape[0], boxes=boxes(det, classes),
+            width=image.shape[1], height=image.shape[0], boxes=boxes(det, result.classes),
             **(score or {}),
         )
         for image, det, score in zip(result.images, result.detections, result.scores,
@@ -206,11 +207,11 @@ def to_json(result: Generated, classes: list[str]) -> GenerateResponse:
                             complete=result.message is None, message=result.message)
 
 
-def write_generated(out: Path, result: Generated, classes: list[str]) -> Path:
+def write_generated(out: Path, result: Generated) -> Path:
     """A dataset folder: images/, labels/, confidences/, annotations.json, data.yaml and
     generation.json (model version, seed, selection figures per image)."""
     stems = [f"{result.sku}-v{result.version}-{i:04d}" for i in range(len(result.images))]
-    write_dataset(out, result.images, result.detections, classes, stems)
+    write_dataset(out, result.images, result.detections, result.classes, stems)
     summary = {
         "sku": result.sku, "version": result.version, "seed": result.seed,
         "select": result.select, "tried": result.tried,
@@ -222,10 +223,10 @@ def write_generated(out: Path, result: Generated, classes: list[str]) -> Path:
     return out
 
 
-def to_zip(result: Generated, classes: list[str]) -> bytes:
+def to_zip(result: Generated) -> bytes:
     """`write_generated`'s folder as a zip archive."""
     with tempfile.TemporaryDirectory(prefix="boxgen-zip-") as tmp:
-        out = write_generated(Path(tmp), result, classes)
+        out = write_generated(Path(tmp), result)
         buffer = io.BytesIO()
         # PNGs are already compressed; deflating them again costs time for nothing.
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -240,16 +241,15 @@ def answer(pipeline: Pipeline, request: GenerateRequest) -> GenerateResponse | R
     start = time.perf_counter()
     result = pipeline.generate(request.sku, request.n, request.seed, request.version,
                                request.select)
-    classes = pipeline.cache.load_labeller().classes
     version_header = {"X-Boxgen-Model-Version": str(result.version)}
     if request.format == "zip":
         body: GenerateResponse | Response = Response(
-            to_zip(result, classes), media_type="application/zip",
+            to_zip(result), media_type="application/zip",
             headers={**version_header, "Content-Disposition":
                      f'attachment; filename="{result.sku}-v{result.version}.zip"'},
         )
     else:
-        body = to_json(result, classes)
+        body = to_json(result)
     metrics.record_generation(request.sku, time.perf_counter() - start, len(result.images),
                               result.tried, result.passed)
     return body

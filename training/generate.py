@@ -23,5 +23,5 @@ def generate_dataset(
     """
     pipeline = Pipeline(ModelCache(ModelRepository(models)))
     result = pipeline.generate(sku, n, seed, version, select)
-    write_generated(Path(out), result, pipeline.cache.load_labeller().classes)
+    write_generated(Path(out), result)
     return result
