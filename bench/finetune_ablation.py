@@ -23,7 +23,8 @@ generator can reach with this labeller and these ten photos.
 Snapshot selection judges checkpoints on latents of seed 0; the table's evaluation uses seed 1,
 so a variant cannot win by picking the snapshot that happened to suit the evaluation samples.
 Without `--models`, the corpus, base and labeller are made like `make demo` makes them (about
-as long as its first three steps). Finished runs are reused from `--work`.
+as long as its first three steps). Finished runs are reused from `--work`; `--rejudge`
+re-evaluates them after a change to the judge (`service/selection.py`) without training again.
 On CUDA the same command runs; `--models` with a thesis-profile base gives the thesis table.
 """
 
@@ -169,10 +170,37 @@ def sampler(generator: torch.nn.Module, z_dim: int, device: torch.device):
     return sample
 
 
+def judge_snapshot(run_dir: Path, select: bool, selector: Any, labeller: LabellerSession,
+                   real: np.ndarray, samples: int) -> dict[str, Any]:
+    """Evaluate a finished run's published snapshot (best with selection, else the last)."""
+    checkpoints = latest_checkpoint(run_dir).parent
+    state = load_checkpoint(checkpoints / (BEST if select else "latest.pt"))
+    device = pick_device()
+    generator = generator_from_checkpoint(state).to(device)
+    report = evaluate_generator(sampler(generator, state["config"]["z_dim"], device), selector,
+                                labeller, n=samples, real_images=real, seed=EVAL_SEED)
+    return {
+        "snapshot_step": state["step"],
+        # Without detections on the photos, quality is not measured and every new image is green.
+        "quality_measured": selector.quality is not None,
+        "categories": report["categories"],
+        "kid": report["metrics"].get("kid"),
+        "novelty_median": report["metrics"].get("novelty_median"),
+        "snapshots": (json.loads((checkpoints / "snapshots.json").read_text())
+                      if select else None),
+    }
+
+
 def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any],
                 photos: torch.Tensor, real: np.ndarray, labeller: LabellerSession,
-                iterations: int, samples: int, work: Path) -> dict[str, Any]:
-    """Fine-tune one variant on one group (or reuse a finished run) and evaluate it."""
+                iterations: int, samples: int, work: Path, rejudge: bool = False
+                ) -> dict[str, Any]:
+    """Fine-tune one variant on one group (or reuse a finished run) and evaluate it.
+
+    rejudge: re-evaluate a finished run's snapshot with the current judge instead of reusing
+    its stored verdict (after a change to `service.selection`); which snapshot a selecting
+    variant published stays the one the judge of its training time chose.
+    """
     overrides = {**spec["overrides"], "iterations": iterations}
     if spec["finetune"]:
         cfg = finetune_config(base, overrides)
@@ -182,14 +210,17 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
                       "samples": samples, "group": group}, sort_keys=True)
     run_dir = work / "runs" / f"{name}-g{group:03d}-i{iterations}"
     result_file = run_dir / "result.json"
+    selector = fit_selector(to_uint8(photos.numpy()), labeller)
     if result_file.is_file():
         done = json.loads(result_file.read_text())
         if done.get("key") == key:
+            if rejudge:
+                done.update(judge_snapshot(run_dir, spec["select"], selector, labeller, real,
+                                           samples))
+                result_file.write_text(json.dumps(done, indent=1))
             return done
     shutil.rmtree(run_dir, ignore_errors=True)
 
-    train_uint8 = to_uint8(photos.numpy())
-    selector = fit_selector(train_uint8, labeller)
     callbacks: list[Callback] = []
     timer = None
     if spec["select"]:
@@ -198,28 +229,14 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
     started = time.perf_counter()
     run = train(cfg, photos, run_dir, callbacks, base=base if spec["base"] else None)
     wall = time.perf_counter() - started
-
-    checkpoints = latest_checkpoint(run_dir).parent
-    snapshot = checkpoints / BEST if spec["select"] else checkpoints / "latest.pt"
-    state = load_checkpoint(snapshot)
-    generator = generator_from_checkpoint(state).to(run.device)
-    report = evaluate_generator(sampler(generator, cfg.z_dim, run.device), selector, labeller,
-                                n=samples, real_images=real, seed=EVAL_SEED)
     result = {
         "key": key,
         "variant": name,
         "group": group,
         "iterations": iterations,
-        "snapshot_step": state["step"],
-        # Without detections on the photos, quality is not measured and every new image is green.
-        "quality_measured": selector.quality is not None,
-        "categories": report["categories"],
-        "kid": report["metrics"].get("kid"),
-        "novelty_median": report["metrics"].get("novelty_median"),
+        **judge_snapshot(run_dir, spec["select"], selector, labeller, real, samples),
         "wall_s": wall,
         "judge_s": timer.seconds if timer else 0.0,
-        "snapshots": (json.loads((checkpoints / "snapshots.json").read_text())
-                      if spec["select"] else None),
         "config": {k: cfg.to_dict()[k] for k in ("batch_size", "augment", "ema_beta",
                                                  "freeze_critic_blocks", "cdc_weight",
                                                  "lr_g", "lr_d", "n_critic")},
@@ -278,6 +295,8 @@ def main() -> None:
     parser.add_argument("--extra-variant", action="append", default=[],
                         help='name={"key": value, ...} relative to the thesis recipe')
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--rejudge", action="store_true",
+                        help="re-evaluate finished runs with the current judge")
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--heldout", type=int, default=40)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "finetune_ablation.md")
@@ -307,7 +326,7 @@ def main() -> None:
         results.append(judge_real(group, photos, real, labeller))
         for name, spec in specs.items():
             r = run_variant(name, spec, group, base, photos, real, labeller, args.iterations,
-                            args.samples, work)
+                            args.samples, work, args.rejudge)
             c = r["categories"]
             print(f"g{group} {name:<12} green {c['green']:.1%} yellow {c['yellow']:.1%} "
                   f"white {c['white']:.1%} red {c['red']:.1%} kid {r['kid']:.4f} "

@@ -157,6 +157,9 @@ class QualityCalibration:
 
     conf_ref: the `CONF_QUANTILE` quantile of the real detections' confidences; an object at
         or above it scores 1, below it proportionally less.
+    class_conf: the same quantile per class name (index as a string), used for objects of
+        that class: the labeller is surer of some products than of others (a small tube
+        among bottles sits near 0.3 on every real photo), and each is held to its own.
     shapes: per class name (index as a string), the (min, max) of the long and of the short
         box side on the real images, as fractions of the image's short side. An object of a
         class never seen on the real images is not shape-checked. Boxes are axis-aligned, so a
@@ -173,6 +176,7 @@ class QualityCalibration:
     count_range: tuple[int, int] = (1, 1_000)
     images: int = 0
     objects: int = 0
+    class_conf: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, detections: Sequence[DetectionsLike],
@@ -183,25 +187,32 @@ class QualityCalibration:
             raise ValueError("the labeller found no objects on any training image, so quality "
                              "cannot be calibrated; check the labeller and the training images")
         per_class: dict[str, list[tuple[float, float]]] = {}
+        class_confs: dict[str, list[float]] = {}
         for det, size in zip(detections, sizes, strict=True):
-            for c, long, short in _box_sides(det, size):
+            for (c, long, short), conf in zip(_box_sides(det, size), det.conf, strict=True):
                 per_class.setdefault(str(c), []).append((long, short))
+                class_confs.setdefault(str(c), []).append(float(conf))
         shapes = {
             c: (float(min(v[0] for v in vs)), float(max(v[0] for v in vs)),
                 float(min(v[1] for v in vs)), float(max(v[1] for v in vs)))
             for c, vs in sorted(per_class.items())
         }
         counts = [len(d.conf) for d in detections]
+        class_conf = {c: float(np.quantile(v, CONF_QUANTILE))
+                      for c, v in sorted(class_confs.items())}
         return cls(float(np.quantile(confs, CONF_QUANTILE)), shapes,
-                   (int(min(counts)), int(max(counts))), len(detections), int(len(confs)))
+                   (int(min(counts)), int(max(counts))), len(detections), int(len(confs)),
+                   class_conf)
 
     def object_scores(
         self, det: DetectionsLike, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per object: (confidence score, shape score), each in [0, 1]."""
-        conf = np.clip(np.asarray(det.conf, np.float64) / max(self.conf_ref, 1e-6), 0, 1)
+        sides = _box_sides(det, size)
+        refs = np.array([self.class_conf.get(str(c), self.conf_ref) for c, _, _ in sides])
+        conf = np.clip(np.asarray(det.conf, np.float64) / np.maximum(refs, 1e-6), 0, 1)
         shape = np.ones(len(conf))
-        for i, (c, long, short) in enumerate(_box_sides(det, size)):
+        for i, (c, long, short) in enumerate(sides):
             if str(c) in self.shapes:
                 lo_l, hi_l, lo_s, _ = self.shapes[str(c)]
                 shape[i] = min(_range_score(long, lo_l, hi_l), _range_score(short, lo_s, hi_l))
@@ -234,7 +245,8 @@ class QualityCalibration:
         return cls(float(values["conf_ref"]),
                    {k: tuple(v) for k, v in values["shapes"].items()},
                    tuple(values["count_range"]), int(values.get("images", 0)),
-                   int(values.get("objects", 0)))
+                   int(values.get("objects", 0)),
+                   {k: float(v) for k, v in values.get("class_conf", {}).items()})
 
 
 def _box_sides(det: DetectionsLike, size: tuple[int, int]) -> list[tuple[int, float, float]]:

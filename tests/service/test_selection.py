@@ -104,6 +104,21 @@ def test_a_rotated_product_is_whole_and_a_cut_one_partial():
     assert can.score(boxes((21, 19)), (100, 100))[:2] == (1.0, False)
 
 
+def test_each_class_is_held_to_its_own_confidence():
+    def det(*objects: tuple[int, float]) -> Detections:
+        xyxy = np.array([[10 + 30 * i, 10, 30 + 30 * i, 30] for i in range(len(objects))],
+                        np.float32)
+        return Detections(xyxy, np.array([c for c, _ in objects], np.int64),
+                          np.array([p for _, p in objects], np.float32), (100, 100))
+
+    # The labeller is never sure of class 0 (a small tube) and always sure of class 1.
+    photos = [det((0, 0.3 + 0.01 * i), (1, 0.9)) for i in range(10)]
+    calibration = QualityCalibration.fit(photos, [(100, 100)] * 10)
+    assert calibration.score(det((0, 0.35), (1, 0.9)), (100, 100))[0] == 1.0
+    assert calibration.score(det((0, 0.9), (1, 0.3)), (100, 100))[0] < 0.5
+    assert QualityCalibration.from_dict(calibration.to_dict()) == calibration
+
+
 def test_save_and_load_give_the_same_scores(tmp_path, selector):
     images, dets = zip(*[render(i) for i in range(500, 506)], strict=True)
     card = selector.save(tmp_path)
