@@ -1,7 +1,7 @@
 """Few-shot fine-tune ablation: which techniques turn ten images into a usable generator.
 
     python bench/finetune_ablation.py [--models out/demo/models] [--groups 12 13 14]
-        [--iterations 1000] [--variants thesis default ...] [--samples 300]
+        [--iterations 2000] [--variants thesis default ...] [--samples 300] [--rejudge]
 
 For each product group the base never saw, ten rendered arrangements are the training photos and
 `--heldout` others the real images KID compares with. Each variant fine-tunes the pretrained
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path, help="a models folder with _base and _labeller")
     parser.add_argument("--work", type=Path, default=Path("out/finetune-ablation"))
     parser.add_argument("--groups", type=int, nargs="+", default=[12, 13, 14])
-    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--iterations", type=int, default=FINETUNE["iterations"])
     parser.add_argument("--variants", nargs="+", default=ORDER)
     parser.add_argument("--extra-variant", action="append", default=[],
                         help='name={"key": value, ...} relative to the thesis recipe')

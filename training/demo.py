@@ -36,7 +36,7 @@ class DemoConfig:
     sku_photos: int = 10  # the "ten photos" a new SKU arrives with
     sku_heldout: int = 40  # other real arrangements of the SKU, for evaluation
     pretrain_iterations: int = 1500
-    finetune_iterations: int = 1000
+    finetune_iterations: int = 2000  # training.config.FINETUNE's
     labeller_model: str = "yolov5n.yaml"  # yolov5x.yaml in production; n fits the CPU budget
     labeller_epochs: int = 30  # small-images recipe (imgsz 128, hue jitter): ~3-4 min, 2 CPUs
     labeller_heldout_groups: int = 4  # new product groups (the SKU's among them) for its card
