@@ -2,7 +2,7 @@
 
     python bench/downstream.py --models out/demo/models [--sku demo-sku] [--n 100]
 
-For a product group the base never saw (group 12 of the built-in corpus, the demo's SKU), the
+For a product group the base never saw (the demo's SKU group of the built-in corpus), the
 same small YOLO (`yolov5n.yaml`, from scratch, at the demo size) trains on
 
     (a) the 10 real photos alone,
@@ -44,6 +44,7 @@ from service.datasets import image_files
 from service.generator import GeneratorSession
 from service.repository import ModelNotFound, ModelRepository
 from training.copy_paste import write_copy_paste
+from training.demo import DemoConfig
 from training.labeller import SMALL_IMAGES, corpus_names, evaluate_onnx, export_onnx
 from training.render import write_corpus
 from training.ultralytics_setup import block_downloads, import_ultralytics
@@ -60,7 +61,7 @@ HOW_TO_GET_MODELS = (
 class Settings:
     models: Path
     sku: str = "demo-sku"
-    group: int = 12  # the demo's SKU group: neither the base nor the labeller saw it
+    group: int = DemoConfig.sku_group  # neither the base nor the labeller saw it
     seed: int = 0  # corpus seed of the demo
     photos: int = 10
     heldout: int = 100
