@@ -49,6 +49,12 @@ def image_files(folder: str | os.PathLike[str], recursive: bool = False) -> list
     return files
 
 
+def first_image_side(folder: str | os.PathLike[str]) -> int:
+    """The longer side, in pixels, of the first image under `folder` (from its header only)."""
+    with Image.open(image_files(folder, recursive=True)[0]) as image:
+        return max(image.size)
+
+
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image fully, as RGB, upright per its EXIF orientation (as photos are labelled);
     ValueError naming the file if it is not a readable image or too large."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.datasets import image_files, read_image
+from service.datasets import first_image_side
 from service.generator import GeneratorSession, to_uint8
 from service.labeller import LabellerSession
 from service.repository import ModelNotFound
@@ -60,7 +60,7 @@ def load_folder(path: str | Path, resolution: int | None = None) -> tuple[np.nda
     path = Path(path)
     if resolution is None:
         folder = path / "images" if (path / "images").is_dir() else path
-        resolution = max(read_image(image_files(folder, recursive=True)[0]).shape[:2])
+        resolution = first_image_side(folder)
     data = load_images(path, resolution)
     return to_uint8(data.images.numpy()), list(data.paths)
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from service.datasets import coco_json, image_files, read_image
+from service.datasets import coco_json, first_image_side, image_files, read_image
 from service.labeller import Detections, LabellerSession
 from service.repository import LABELLER, ModelRepository, ModelVersion
 from training.data import data_fingerprint, read_labels
@@ -92,20 +92,12 @@ def recipe_for(side: int) -> LabellerRecipe:
     return SMALL_IMAGES if side <= SMALL_SIDE else STANDARD
 
 
-def image_side(data: Path) -> int:
-    """The longer side, in pixels, of the first image of a YOLO-layout folder."""
-    from PIL import Image
-
-    with Image.open(image_files(Path(data) / "images", recursive=True)[0]) as image:
-        return max(image.size)
-
-
 def resolve_recipe(recipe: LabellerRecipe | str, data: Path) -> LabellerRecipe:
     """A recipe object from a recipe or its name; "auto" picks by the corpus' image size."""
     if isinstance(recipe, LabellerRecipe):
         return recipe
     if recipe == "auto":
-        return recipe_for(image_side(data))
+        return recipe_for(first_image_side(Path(data) / "images"))
     if recipe not in RECIPES:
         raise ValueError(f"unknown labeller recipe {recipe!r}; choose auto or one of "
                          f"{', '.join(RECIPES)}")
@@ -252,7 +244,7 @@ def train_labeller(
         raise FileNotFoundError(f"{data} is not a YOLO-layout folder: {data / 'images'} is missing")
     recipe = resolve_recipe(recipe or STANDARD, data)
     if imgsz is None:
-        imgsz = 256 if recipe is STANDARD else recipe.imgsz_for(image_side(data))
+        imgsz = 256 if recipe is STANDARD else recipe.imgsz_for(first_image_side(data / "images"))
     settings = {**recipe.settings(batch), **(train_args or {})}
     if epochs < 1 or imgsz < 32 or batch < 1:
         raise ValueError(
