@@ -76,6 +76,8 @@ class TrainConfig:
                      "ema_rampup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.cdc_weight > 0 and self.batch_size < 3:  # it compares pairs within a batch
+            raise ValueError(f"cdc_weight needs batch_size >= 3, got {self.batch_size}")
         if not 0 <= self.ema_beta < 1:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
         choices = {"loss": LOSS_MODES, "penalty": PENALTIES, "critic_norm": NORMS, "fit": FITS}

@@ -156,10 +156,6 @@ def train(
     rng = torch.Generator().manual_seed(cfg.seed)
     run = Run(cfg, run_dir, generator, critic, generator_ema, opt_g, opt_d, rng, device)
     run.extra = dict(extra or {})
-    if cfg.cdc_weight < 0:
-        raise ValueError(f"cdc_weight must be >= 0, got {cfg.cdc_weight}")
-    if cfg.cdc_weight > 0 and cfg.batch_size < 3:
-        raise ValueError(f"cdc_weight needs batch_size >= 3, got {cfg.batch_size}")
 
     # Restore: our own checkpoint (resume) wins over the base (fine-tune start).
     resume = run_dir / "checkpoints" / LATEST
