@@ -44,13 +44,13 @@ import torch
 from service.generator import latents, to_uint8
 from service.labeller import LabellerSession
 from service.repository import BASE, LABELLER, ModelRepository
-from service.selection import category_fractions
-from training.checkpoint import latest_checkpoint, load_checkpoint
+from service.selection import Selector, category_fractions
+from training.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
 from training.data import load_images
 from training.evaluate import evaluate_generator, fit_selector
 from training.export import generator_from_checkpoint
-from training.finetune import BEST, SnapshotJudge, finetune_config
+from training.finetune import BEST, SNAPSHOTS, SnapshotJudge, finetune_config
 from training.loop import Callback, Run, pick_device, train
 from training.render import write_corpus
 
@@ -170,11 +170,11 @@ def sampler(generator: torch.nn.Module, z_dim: int, device: torch.device):
     return sample
 
 
-def judge_snapshot(run_dir: Path, select: bool, selector: Any, labeller: LabellerSession,
+def judge_snapshot(run_dir: Path, select: bool, selector: Selector, labeller: LabellerSession,
                    real: np.ndarray, samples: int) -> dict[str, Any]:
     """Evaluate a finished run's published snapshot (best with selection, else the last)."""
     checkpoints = latest_checkpoint(run_dir).parent
-    state = load_checkpoint(checkpoints / (BEST if select else "latest.pt"))
+    state = load_checkpoint(checkpoints / (BEST if select else LATEST))
     device = pick_device()
     generator = generator_from_checkpoint(state).to(device)
     report = evaluate_generator(sampler(generator, state["config"]["z_dim"], device), selector,
@@ -186,15 +186,15 @@ def judge_snapshot(run_dir: Path, select: bool, selector: Any, labeller: Labelle
         "categories": report["categories"],
         "kid": report["metrics"].get("kid"),
         "novelty_median": report["metrics"].get("novelty_median"),
-        "snapshots": (json.loads((checkpoints / "snapshots.json").read_text())
+        "snapshots": (json.loads((checkpoints / SNAPSHOTS).read_text())
                       if select else None),
     }
 
 
 def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any],
-                photos: torch.Tensor, real: np.ndarray, labeller: LabellerSession,
-                iterations: int, samples: int, work: Path, rejudge: bool = False
-                ) -> dict[str, Any]:
+                photos: torch.Tensor, real: np.ndarray, selector: Selector,
+                labeller: LabellerSession, iterations: int, samples: int, work: Path,
+                rejudge: bool = False) -> dict[str, Any]:
     """Fine-tune one variant on one group (or reuse a finished run) and evaluate it.
 
     rejudge: re-evaluate a finished run's snapshot with the current judge instead of reusing
@@ -210,7 +210,6 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
                       "samples": samples, "group": group}, sort_keys=True)
     run_dir = work / "runs" / f"{name}-g{group:03d}-i{iterations}"
     result_file = run_dir / "result.json"
-    selector = fit_selector(to_uint8(photos.numpy()), labeller)
     if result_file.is_file():
         done = json.loads(result_file.read_text())
         if done.get("key") == key:
@@ -246,10 +245,9 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
     return result
 
 
-def judge_real(group: int, photos: torch.Tensor, real: np.ndarray,
+def judge_real(group: int, real: np.ndarray, selector: Selector,
                labeller: LabellerSession) -> dict[str, Any]:
     """The held-out real arrangements judged like samples: the ceiling a generator can reach."""
-    selector = fit_selector(to_uint8(photos.numpy()), labeller)
     categories = category_fractions(selector.score(real, labeller.label(real)))
     return {"variant": REAL, "group": group, "categories": categories, "kid": None,
             "wall_s": 0.0, "judge_s": 0.0, "snapshot_step": "-",
@@ -323,10 +321,12 @@ def main() -> None:
     for group in args.groups:
         photos, real = group_images(work, group, base_cfg.resolution, args.photos, args.heldout,
                                     base_cfg.seed)
-        results.append(judge_real(group, photos, real, labeller))
+        # One selector per group, fitted on its ten photos, judges every variant and the reals.
+        selector = fit_selector(to_uint8(photos.numpy()), labeller)
+        results.append(judge_real(group, real, selector, labeller))
         for name, spec in specs.items():
-            r = run_variant(name, spec, group, base, photos, real, labeller, args.iterations,
-                            args.samples, work, args.rejudge)
+            r = run_variant(name, spec, group, base, photos, real, selector, labeller,
+                            args.iterations, args.samples, work, args.rejudge)
             c = r["categories"]
             print(f"g{group} {name:<12} green {c['green']:.1%} yellow {c['yellow']:.1%} "
                   f"white {c['white']:.1%} red {c['red']:.1%} kid {r['kid']:.4f} "
