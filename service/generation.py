@@ -19,6 +19,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class ModelCache:
         self.repository = repository
         self.max_generators = max_generators
         self.generators: OrderedDict[tuple[str, int], GeneratorSession] = OrderedDict()
-        self.selectors: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self.selectors: OrderedDict[tuple[str, int], Selector] = OrderedDict()
         self.labeller: LabellerSession | None = None
         self.labeller_version: int | None = None
         self.lock = threading.Lock()
@@ -86,40 +87,42 @@ class ModelCache:
                 metrics.MODELS_LOADED.labels(kind="labeller").set(1)
             return self.labeller
 
-    def generator(self, entry: ModelVersion) -> GeneratorSession:
+    def _cached(self, table: OrderedDict, entry: ModelVersion, load: Callable[[], Any]) -> Any:
+        """`table`'s item for `entry`, loaded on a miss; the least recently used beyond
+        `max_generators` is dropped. Loading happens outside the lock: it is slow."""
         key = (entry.name, entry.version)
         with self.lock:
-            if key in self.generators:
-                self.generators.move_to_end(key)
-                return self.generators[key]
-        session = GeneratorSession(entry.file("generator.onnx"))  # outside the lock: slow
+            if key in table:
+                table.move_to_end(key)
+                return table[key]
+        value = load()
         with self.lock:
-            self.generators[key] = session
-            while len(self.generators) > self.max_generators:
-                self.generators.popitem(last=False)
-            metrics.MODELS_LOADED.labels(kind="generator").set(len(self.generators))
+            table[key] = value
+            while len(table) > self.max_generators:
+                table.popitem(last=False)
+        return value
+
+    def generator(self, entry: ModelVersion) -> GeneratorSession:
+        session = self._cached(self.generators, entry,
+                               lambda: GeneratorSession(entry.file("generator.onnx")))
+        metrics.MODELS_LOADED.labels(kind="generator").set(len(self.generators))
         return session
 
-    def selector(self, entry: ModelVersion) -> Any:
-        """The version's selection (novelty reference, thresholds), or 409 when it has none."""
-        key = (entry.name, entry.version)
-        with self.lock:
-            if key in self.selectors:
-                self.selectors.move_to_end(key)
-                return self.selectors[key]
-        card = entry.card
-        if not card.get("selection"):
-            raise Conflict(
-                f"model {entry.name} version {entry.version} has no selection data (it was "
-                "published without a labeller in the repository, or by `boxgen export`); "
-                "ask for select=none, or fine-tune it again", "select",
-            )
-        selector = Selector.load(entry.path, card["selection"])
-        with self.lock:  # as many as generators: each holds its version's reference features
-            self.selectors[key] = selector
-            while len(self.selectors) > self.max_generators:
-                self.selectors.popitem(last=False)
-        return selector
+    def selector(self, entry: ModelVersion) -> Selector:
+        """The version's selection (novelty reference, thresholds), or 409 when it has none.
+        Kept for as many versions as generators: each holds its version's reference features."""
+
+        def load() -> Selector:
+            card = entry.card
+            if not card.get("selection"):
+                raise Conflict(
+                    f"model {entry.name} version {entry.version} has no selection data (it was "
+                    "published without a labeller in the repository, or by `boxgen export`); "
+                    "ask for select=none, or fine-tune it again", "select",
+                )
+            return Selector.load(entry.path, card["selection"])
+
+        return self._cached(self.selectors, entry, load)
 
     def warm_up(self) -> None:
         """Load the labeller and each SKU's newest generator, and run each once."""
