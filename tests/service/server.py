@@ -108,6 +108,14 @@ def photos(out: Path, count: int = 10, size: int = 64, first_group: int = PHOTO_
     return render_corpus(out, groups=1, per_group=count, size=size, first_group=first_group)
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class BoxgenServer:
     """`serve()` in a subprocess (its own process group) on a free localhost port."""
 
@@ -164,11 +172,18 @@ class BoxgenServer:
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        # BentoML's workers can outlive the main process by a moment; one still shutting down
+        # could take the job runner's lock from the next server. Stopped means all of them gone.
+        while group_alive(self.process.pid):
+            if time.monotonic() > deadline:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            time.sleep(0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
