@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from service.repository import ModelNotFound
+from training.render import SCENES
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -72,11 +73,23 @@ def cli() -> None:
     show_default=True,
     help="Index of the first group; groups from another range are new product sets.",
 )
-def demo_data(out: Path, groups: int, per_group: int, size: str, seed: int, first_group: int):
+@click.option(
+    "--scene",
+    type=click.Choice(SCENES),
+    default="tidy",
+    show_default=True,
+    help="tidy: 1-6 products apart; cluttered: 3-8 products that touch and overlap "
+    "(visible-part labels), varied lighting, some blur.",
+)
+def demo_data(
+    out: Path, groups: int, per_group: int, size: str, seed: int, first_group: int, scene: str
+):
     """Render the built-in corpus of bins (YOLO layout: images/, labels/, data.yaml)."""
     from training.render import parse_size, write_corpus
 
-    path = write_corpus(out, groups, per_group, parse_size(size), seed, first_group, progress=True)
+    path = write_corpus(
+        out, groups, per_group, parse_size(size), seed, first_group, progress=True, scene=scene
+    )
     click.echo(f"wrote {groups * per_group} images to {path}")
 
 

@@ -3,12 +3,19 @@
 A camera looks straight down into a plastic warehouse bin holding 1-6 products of the thesis'
 four classes. Like the thesis data, images come in *groups*: one fixed set of products
 (classes, colours, sizes), decided by `(seed, group)`, photographed in many arrangements
-(positions, rotations, lighting). Products never overlap and always lie on the bin floor.
+(positions, rotations, lighting). Products always lie on the bin floor; in a tidy scene they
+never overlap.
 
 Everything is drawn with signed distance functions (SDFs), so edges are anti-aliased at any
 size from 32×32 to 1280×720 without supersampling. Every YOLO box is the bounding box of the
 object's own rendered alpha mask (alpha >= 0.5), never of its nominal geometry, and shadows are
 not part of it.
+
+Two scene kinds (`SCENES`): `tidy`, the default, as above; `cluttered`, what real picking bins
+look like: groups of 3-8 products, each image shows a random 60-100 % of them, products touch
+and overlap (each label boxes the object's *visible* pixels; an object showing less than
+`MIN_VISIBLE` of itself gets no label), and lighting varies more (colour cast, a bright spot,
+uneven shading, some images blurred or noisier).
 
 `render_image(..., partial=True)` cuts every product in half: a random half, mostly one end, is
 erased so the bin floor shows through, and its shadow is cut too. Such images imitate the
@@ -25,6 +32,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import yaml
 from PIL import Image
@@ -34,23 +42,39 @@ from training.products import CLASSES, PRODUCT_PAINTERS, Product, make_product
 
 MIN_SIDE, MAX_SIDE = 32, 2048
 ALPHA_IN = 0.5  # a pixel belongs to an object (and its box) from this coverage on
+SCENES = ("tidy", "cluttered")
+MIN_VISIBLE = 0.3  # cluttered: an object showing less of its pixels than this gets no label
 _STEM = re.compile(r"^g\d{3,}_\d{4,}\.(png|txt)$")
 
 __all__ = [
-    "CLASSES", "Placement", "Product", "Scene", "arrange", "bin_floor", "draw",
+    "CLASSES", "MIN_VISIBLE", "SCENES", "Placement", "Product", "Scene", "arrange",
+    "arrange_cluttered", "bin_floor", "draw",
     "labels_from_masks", "make_group", "make_product", "parse_size", "render_image",
     "write_corpus",
 ]
 
 
-def make_group(seed: int, group: int) -> list[Product]:
-    """The fixed product set of `group` for `seed`: 1-6 products, largest first."""
+def check_scene(kind: str) -> str:
+    """`kind` if it is one of `SCENES`, else a ValueError naming them."""
+    if kind not in SCENES:
+        raise ValueError(f"unknown scene kind {kind!r}; choose one of {', '.join(SCENES)}")
+    return kind
+
+
+def make_group(seed: int, group: int, kind: str = "tidy") -> list[Product]:
+    """The fixed product set of `group` for `seed`, largest first: 1-6 products for a tidy
+    scene, 3-8 for a cluttered one (a product set of its own, not the tidy group's)."""
     if seed < 0 or group < 0:
         raise ValueError(f"seed and group must be >= 0, got seed={seed}, group={group}")
-    rng = np.random.default_rng([seed, group, 0x67])
-    count = int(rng.integers(1, 7))
-    # Crowded bins get smaller products so that random placement always finds room.
-    scale = 1.12 - 0.08 * count
+    if check_scene(kind) == "cluttered":
+        rng = np.random.default_rng([seed, group, 0xC1])
+        count = int(rng.integers(3, 9))
+        scale = 1.0 - 0.04 * count  # larger than tidy: overlaps are wanted, not avoided
+    else:
+        rng = np.random.default_rng([seed, group, 0x67])
+        count = int(rng.integers(1, 7))
+        # Crowded bins get smaller products so that random placement always finds room.
+        scale = 1.12 - 0.08 * count
     products = [make_product(CLASSES[int(rng.integers(len(CLASSES)))], scale, rng)
                 for _ in range(count)]
     return sorted(products, key=lambda p: -p.length * p.width)
@@ -189,6 +213,12 @@ class Scene:
     tint: tuple[float, float, float]  # white-balance multipliers
     noise_sigma: float  # sensor noise, fraction of full scale
     noise_seed: int
+    # Cluttered scenes only; the defaults leave a tidy scene's pixels as they were.
+    stacked: bool = False  # products may overlap: each is drawn with its shadow over the earlier
+    spot: tuple[float, float, float, float] = (0.5, 0.5, 1.0, 0.0)  # bright spot: centre x, y
+    # (fractions of W, H), radius (fraction of the short side), strength (0: none)
+    shading: float = 0.0  # strength of low-frequency uneven lighting
+    blur: float = 0.0  # Gaussian blur sigma in pixels (0: sharp)
 
 
 def _footprint(p: Placement, s: float) -> tuple[float, float, float, float, float, float]:
@@ -250,6 +280,73 @@ def arrange(products: list[Product], size: tuple[int, int], rng: np.random.Gener
         vignette=float(rng.uniform(0.15, 0.35)),
         tint=tuple(float(t) for t in 1 + rng.uniform(-0.03, 0.03, 3)),
         noise_sigma=float(rng.uniform(0.006, 0.018)), noise_seed=int(rng.integers(2**31)))
+
+
+def _cover(p: Placement, s: float, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Which of the coarse floor `points` the placement's oriented box covers.  # [G, G] bool"""
+    cx, cy, hl, hw, c, sn = _footprint(p, s)
+    dx, dy = points[0] - cx, points[1] - cy
+    return (np.abs(dx * c + dy * sn) <= hl) & (np.abs(-dx * sn + dy * c) <= hw)
+
+
+def arrange_cluttered(products: list[Product], size: tuple[int, int],
+                      rng: np.random.Generator) -> Scene:
+    """A cluttered arrangement of a random 60-100 % of `products`, stacked in random order.
+
+    Products may touch and overlap. Each new product is placed, among a few random tries, where
+    every earlier one keeps at least half of its footprint in view (or, failing that, where the
+    least is hidden), so bins look heaped rather than buried; the labels' `MIN_VISIBLE` rule
+    then decides exactly which objects count. Lighting varies more than in a tidy scene.
+    """
+    _check_size(size)
+    if not 1 <= len(products) <= 8:
+        raise ValueError(f"a cluttered bin holds 1 to 8 products, got {len(products)}")
+    x0, y0, x1, y1 = bin_floor(size)
+    s = min(x1 - x0, y1 - y0)
+    edge = max(1.0, 0.01 * s)
+    count = int(rng.integers(math.ceil(0.6 * len(products)), len(products) + 1))
+    chosen = [products[int(i)] for i in rng.permutation(len(products))[:count]]
+    grid = np.linspace(0, 1, 48)
+    points = np.meshgrid(x0 + grid * (x1 - x0), y0 + grid * (y1 - y0))
+    placed: list[Placement] = []
+    covers: list[np.ndarray] = []  # each placed product's footprint on the coarse grid
+    for product in chosen:
+        best, best_kept = None, -1.0
+        for _ in range(30):
+            angle = float(rng.uniform(0, 2 * np.pi))
+            hl, hw = product.length * s / 2, product.width * s / 2
+            ex = hl * abs(math.cos(angle)) + hw * abs(math.sin(angle))
+            ey = hl * abs(math.sin(angle)) + hw * abs(math.cos(angle))
+            if x0 + edge + ex > x1 - edge - ex or y0 + edge + ey > y1 - edge - ey:
+                continue
+            p = Placement(product, float(rng.uniform(x0 + edge + ex, x1 - edge - ex)),
+                          float(rng.uniform(y0 + edge + ey, y1 - edge - ey)), angle)
+            cover = _cover(p, s, points)
+            hidden = np.zeros_like(cover)
+            kept = 1.0
+            for earlier in reversed(covers):  # what stays in view of each earlier product
+                kept = min(kept, (earlier & ~(hidden | cover)).sum() / max(earlier.sum(), 1))
+                hidden |= earlier
+            if kept > best_kept:
+                best, best_kept = (p, cover), kept
+            if kept >= 0.5:
+                break
+        if best is None:
+            raise ValueError(f"a product does not fit on the floor of a {size} bin")
+        placed.append(best[0])
+        covers.append(best[1])
+    angle = np.deg2rad(-120 + rng.uniform(-60, 60))
+    spot = (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)),
+            float(rng.uniform(0.15, 0.45)), float(rng.uniform(0.15, 0.5) * (rng.random() < 0.6)))
+    blur = float(rng.uniform(0.5, 1.3) * min(size) / 256 * (rng.random() < 0.3))
+    return Scene(
+        size=tuple(size), placements=tuple(placed),
+        to_light=(float(np.cos(angle)), float(np.sin(angle))),
+        brightness=float(rng.uniform(0.7, 1.2)), gradient=float(rng.uniform(0.05, 0.35)),
+        vignette=float(rng.uniform(0.1, 0.4)),
+        tint=tuple(float(t) for t in 1 + rng.uniform(-0.1, 0.1, 3)),
+        noise_sigma=float(rng.uniform(0.006, 0.03)), noise_seed=int(rng.integers(2**31)),
+        stacked=True, spot=spot, shading=float(rng.uniform(0, 0.3)), blur=blur)
 
 
 # ----------------------------------------------------------------------- drawing
@@ -331,22 +428,39 @@ def draw(scene: Scene, shadows: bool = True, noise: bool = True, omit: int | Non
     img *= (1 - 0.3 * np.minimum(wall_shadow, 1))[..., None]
     masks = [np.zeros((h, w), np.float32) for _ in scene.placements]
     drawn = [i for i in range(len(scene.placements)) if i != omit]
-    if shadows:
+
+    def cast_shadow(i: int) -> None:
+        (bx0, by0, bx1, by1), sh = _shadow(scene.placements[i], s, scene, scene.size)
+        img[by0:by1, bx0:bx1] *= (1 - sh)[..., None]
+
+    if shadows and not scene.stacked:  # tidy: shadows fall on the floor only
         for i in drawn:
-            (bx0, by0, bx1, by1), sh = _shadow(scene.placements[i], s, scene, scene.size)
-            img[by0:by1, bx0:bx1] *= (1 - sh)[..., None]
+            cast_shadow(i)
     for i in drawn:
+        if shadows and scene.stacked:  # a product on top shades the ones below it
+            cast_shadow(i)
         (bx0, by0, bx1, by1), prem, alpha = _paint(scene.placements[i], s, scene, scene.size)
         region = img[by0:by1, bx0:bx1]
         region *= (1 - alpha)[..., None]
         region += prem
+        for below in masks[:i]:  # the masks stay visible-pixel masks (a no-op when tidy)
+            below[by0:by1, bx0:bx1] *= 1 - alpha
         masks[i][by0:by1, bx0:bx1] = alpha
     # Lighting: overall level, a ramp towards the lamp, vignette, white balance.
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     nx, ny = (x + 0.5) / w * 2 - 1, (y + 0.5) / h * 2 - 1
     light = scene.brightness * (1 + scene.gradient * (nx * lx + ny * ly)) * (
         1 - scene.vignette * (nx**2 + ny**2) / 2)
+    sx, sy, radius, strength = scene.spot
+    if strength > 0:  # a bright spot: a lamp's reflection or a skylight
+        d2 = ((x + 0.5 - sx * w) ** 2 + (y + 0.5 - sy * h) ** 2) / (radius * min(w, h)) ** 2
+        light *= 1 + strength * np.exp(-d2)
+    if scene.shading > 0:  # uneven light: a shelf's shadow, a second lamp
+        field = _smooth_noise(np.random.default_rng([scene.noise_seed, 0x5AD]), (w, h), 4)
+        light *= 1 + scene.shading * field
     img *= light[..., None] * np.array(scene.tint, np.float32)
+    if scene.blur > 0:  # camera shake or focus
+        img = cv2.GaussianBlur(img, (0, 0), scene.blur)
     if noise:
         rng = np.random.default_rng(scene.noise_seed)
         img += rng.normal(0, scene.noise_sigma, img.shape).astype(np.float32)
@@ -357,12 +471,23 @@ def draw(scene: Scene, shadows: bool = True, noise: bool = True, omit: int | Non
 def labels_from_masks(scene: Scene, masks: list[np.ndarray]) -> np.ndarray:
     """YOLO rows (cls, cx, cy, w, h), normalised, from each mask's alpha >= 0.5 pixels.
 
-    `masks` come from `draw(scene)` with nothing omitted: every mask must hold its object.
+    `masks` come from `draw(scene)` with nothing omitted: they hold each object's visible
+    pixels. In a tidy scene every mask holds its whole object; in a stacked (cluttered) one an
+    object showing less than `MIN_VISIBLE` of its own pixels gets no row.
     """
     w, h = scene.size
+    geo = _bin(scene.size)
+    s = min(geo.floor[2] - geo.floor[0], geo.floor[3] - geo.floor[1])
     rows = []
     for p, mask in zip(scene.placements, masks, strict=True):
-        ys, xs = np.nonzero(mask >= min(ALPHA_IN, float(mask.max())))
+        if scene.stacked:
+            visible = mask >= ALPHA_IN
+            whole = int((_paint(p, s, scene, scene.size)[2] >= ALPHA_IN).sum())
+            if visible.sum() < MIN_VISIBLE * max(whole, 1):
+                continue
+        else:
+            visible = mask >= min(ALPHA_IN, float(mask.max()))
+        ys, xs = np.nonzero(visible)
         bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         rows.append([CLASSES.index(p.product.kind), (bx0 + bx1) / 2 / w, (by0 + by1) / 2 / h,
                      (bx1 - bx0) / w, (by1 - by0) / h])
@@ -370,14 +495,21 @@ def labels_from_masks(scene: Scene, masks: list[np.ndarray]) -> np.ndarray:
 
 
 def render_image(products: list[Product], size: tuple[int, int], rng: np.random.Generator,
-                 partial: bool = False, return_masks: bool = False):
+                 partial: bool = False, return_masks: bool = False, kind: str = "tidy"):
     """One bin image of `products` in a new arrangement: `(PIL image, labels [k, 5])`.
 
-    Labels are YOLO rows `cls cx cy w h` (normalised), one per product, in `products` order.
-    `partial=True` cuts every product in half (see the module docstring). `return_masks=True`
-    appends the list of per-product alpha masks [H, W] the boxes were computed from.
+    Labels are YOLO rows `cls cx cy w h` (normalised): for a tidy scene one per product, in
+    `products` order; for a cluttered one (`kind`) one per visible product, bottom to top.
+    `partial=True` cuts every product in half (tidy only, see the module docstring).
+    `return_masks=True` appends the list of per-placement visible alpha masks [H, W] the boxes
+    were computed from.
     """
-    scene = arrange(products, size, rng, partial=partial)
+    if check_scene(kind) == "cluttered":
+        if partial:
+            raise ValueError("partial products are drawn in tidy scenes only")
+        scene = arrange_cluttered(products, size, rng)
+    else:
+        scene = arrange(products, size, rng, partial=partial)
     pixels, masks = draw(scene)
     labels = labels_from_masks(scene, masks)
     image = Image.fromarray(pixels, "RGB")
@@ -416,8 +548,10 @@ def _prepare(out: Path) -> None:
 
 
 def write_corpus(out: Path, groups: int, per_group: int, size: tuple[int, int] = (256, 256),
-                 seed: int = 0, first_group: int = 0, progress: bool = False) -> Path:
-    """Render groups `first_group .. first_group+groups-1`, `per_group` images each, into `out`.
+                 seed: int = 0, first_group: int = 0, progress: bool = False,
+                 scene: str = "tidy") -> Path:
+    """Render groups `first_group .. first_group+groups-1`, `per_group` images each, into `out`,
+    as scenes of kind `scene` (one of `SCENES`).
 
     Writes `images/g{group:03d}_{index:04d}.png`, `labels/<stem>.txt` (YOLO, 6 decimals),
     `data.yaml` (Ultralytics, absolute `path`) and `groups.json` (group -> products).
@@ -425,6 +559,7 @@ def write_corpus(out: Path, groups: int, per_group: int, size: tuple[int, int] =
     """
     if groups < 1 or per_group < 1 or first_group < 0 or seed < 0:
         raise ValueError("groups and per_group must be >= 1, first_group and seed >= 0")
+    check_scene(scene)
     size = (int(size[0]), int(size[1]))
     _check_size(size)
     out = Path(out)
@@ -432,10 +567,11 @@ def write_corpus(out: Path, groups: int, per_group: int, size: tuple[int, int] =
     catalogue = {}
     bar = tqdm(total=groups * per_group, desc="rendering bins", unit="img", disable=not progress)
     for g in range(first_group, first_group + groups):
-        products = make_group(seed, g)
+        products = make_group(seed, g, scene)
         catalogue[str(g)] = [asdict(p) for p in products]
         for i in range(per_group):
-            image, labels = render_image(products, size, np.random.default_rng([seed, g, i, 0x1A]))
+            image, labels = render_image(products, size, np.random.default_rng([seed, g, i, 0x1A]),
+                                         kind=scene)
             stem = f"g{g:03d}_{i:04d}"
             image.save(out / "images" / f"{stem}.png", compress_level=1)  # 6x faster than 6
             lines = [f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}" for r in labels]

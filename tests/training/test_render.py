@@ -10,7 +10,9 @@ import pytest
 
 from training.render import (
     CLASSES,
+    MIN_VISIBLE,
     arrange,
+    arrange_cluttered,
     bin_floor,
     draw,
     labels_from_masks,
@@ -154,6 +156,94 @@ def test_rewriting_a_corpus_leaves_no_stale_images(tmp_path):
     write_corpus(tmp_path / "c", groups=1, per_group=1, size=(32, 32))
     assert [p.name for p in (tmp_path / "c" / "images").iterdir()] == ["g000_0000.png"]
     assert [p.name for p in (tmp_path / "c" / "labels").iterdir()] == ["g000_0000.txt"]
+
+
+def _box(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+@pytest.mark.parametrize("size", [(256, 256), (512, 288)])
+def test_a_cluttered_label_boxes_the_visible_pixels_of_an_occluded_object(size):
+    cut_by_others = 0
+    for g, k in np.ndindex(4, 3):
+        products = make_group(0, g, "cluttered")
+        scene = arrange_cluttered(products, size, np.random.default_rng([g, k]))
+        scene = dataclasses.replace(scene, blur=0.0)  # blur spreads pixel differences
+        _, masks = draw(scene)
+        labels = labels_from_masks(scene, masks)
+        # Each object drawn alone: its whole pixels; what lies above it hides some of them.
+        whole = [draw(dataclasses.replace(scene, placements=(p,)))[1][0] for p in
+                 scene.placements]
+        visible = [w * np.prod([1 - a for a in whole[i + 1:]], axis=0)
+                   for i, w in enumerate(whole)]
+        kept = [i for i, (v, w) in enumerate(zip(visible, whole, strict=True))
+                if (v >= 0.5).sum() >= MIN_VISIBLE * (w >= 0.5).sum()]
+        assert len(labels) == len(kept) >= 1
+        clean, _ = draw(scene, shadows=False, noise=False)
+        for row, i in zip(labels, kept, strict=True):
+            assert CLASSES[int(row[0])] == scene.placements[i].product.kind
+            box = _box(visible[i] >= 0.5)
+            assert np.allclose(_pixel_box(row, size), box, atol=1e-3), (g, i)
+            # Against the pixels: removing the object changes nothing where it is hidden.
+            without, _ = draw(scene, shadows=False, noise=False, omit=i)
+            changed = np.abs(clean.astype(int) - without).max(axis=2) > 8
+            assert changed[visible[i] >= 0.5].mean() > 0.9
+            assert not (changed & (visible[i] < 0.01)).any(), (g, i)
+            if (np.abs(box - _box(whole[i] >= 0.5)) > 2).any():
+                cut_by_others += 1  # the whole object's box would have been wrong
+    assert cut_by_others >= 3  # the scenes really were cluttered
+
+
+def test_an_object_mostly_hidden_gets_no_label():
+    products = make_group(0, 1, "cluttered")
+    scene = arrange_cluttered(products, (256, 256), np.random.default_rng(0))
+    below = scene.placements[0]
+    cover = dataclasses.replace(below, product=dataclasses.replace(
+        below.product, length=below.product.length * 1.3, width=below.product.width * 1.6))
+    buried = dataclasses.replace(scene, placements=(below, cover))
+    _, masks = draw(buried)
+    assert 0 <= (masks[0] >= 0.5).sum() < MIN_VISIBLE * (masks[1] >= 0.5).sum()
+    labels = labels_from_masks(buried, masks)
+    assert len(labels) == 1 and CLASSES[int(labels[0, 0])] == cover.product.kind
+
+
+def test_cluttered_bins_vary_count_overlap_and_light(tmp_path):
+    out = write_corpus(tmp_path / "c", groups=3, per_group=12, size=(256, 256), seed=0,
+                       scene="cluttered")
+    again = write_corpus(tmp_path / "d", groups=3, per_group=12, size=(256, 256), seed=0,
+                         scene="cluttered")
+    for f in sorted((out / "images").iterdir()):
+        assert f.read_bytes() == (again / "images" / f.name).read_bytes()
+    catalogue = json.loads((out / "groups.json").read_text())
+    overlaps = 0
+    for g in range(3):
+        n = len(catalogue[str(g)])
+        assert 3 <= n <= 8
+        assert make_group(0, g, "cluttered") != make_group(0, g)  # a product set of its own
+        counts = set()
+        for i in range(12):
+            rows = _read_labels(out / "labels" / f"g{g:03d}_{i:04d}.txt")
+            counts.add(len(rows))
+            assert len(rows) <= n
+            boxes = [_pixel_box(r, (256, 256)) for r in rows]
+            overlaps += any(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+                            for j, a in enumerate(boxes) for b in boxes[j + 1:])
+        assert len(counts) > 1, f"group {g}: every image shows the same number of products"
+    assert overlaps >= 12
+    scenes = [arrange_cluttered(make_group(0, 0, "cluttered"), (256, 256),
+                                np.random.default_rng(i)) for i in range(40)]
+    assert 4 <= sum(s.blur > 0 for s in scenes) <= 24
+    assert sum(s.spot[3] > 0 for s in scenes) >= 12
+    assert np.ptp([s.tint for s in scenes], axis=0).min() > 0.1  # colour casts
+
+
+def test_scene_kind_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="tidy, cluttered"):
+        write_corpus(tmp_path / "x", groups=1, per_group=1, size=(64, 64), scene="messy")
+    with pytest.raises(ValueError, match="tidy"):
+        render_image(make_group(0, 0, "cluttered"), (64, 64), np.random.default_rng(0),
+                     partial=True, kind="cluttered")
 
 
 def test_size_parsing():
