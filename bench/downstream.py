@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from service.datasets import first_image_side, image_files
+from service.core.datasets import first_image_side, image_files
 from training.copy_paste import write_copy_paste
 from training.labeller import SMALL_IMAGES, LabellerRecipe, corpus_names, evaluate_onnx
 

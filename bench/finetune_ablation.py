@@ -24,7 +24,7 @@ Snapshot selection judges checkpoints on latents of seed 0; the table's evaluati
 so a variant cannot win by picking the snapshot that happened to suit the evaluation samples.
 Without `--models`, the corpus, base and labeller are made like `make demo` makes them (about
 as long as its first three steps). Finished runs are reused from `--work`; `--rejudge`
-re-evaluates them after a change to the judge (`service/selection.py`) without training again.
+re-evaluates them after a change to the judge (`service/core/selection.py`) without training again.
 On CUDA the same command runs; `--models` with a thesis-profile base gives the thesis table.
 """
 
@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.generator import latents, to_uint8
-from service.labeller import LabellerSession
-from service.repository import BASE, LABELLER, ModelRepository
-from service.selection import Selector, category_fractions
+from service.core.gan_session import latents, to_uint8
+from service.core.labeller_session import LabellerSession
+from service.core.repository import BASE, LABELLER, ModelRepository
+from service.core.selection import Selector, category_fractions
 from training.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
 from training.data import load_images
@@ -198,7 +198,7 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
     """Fine-tune one variant on one group (or reuse a finished run) and evaluate it.
 
     rejudge: re-evaluate a finished run's snapshot with the current judge instead of reusing
-    its stored verdict (after a change to `service.selection`); which snapshot a selecting
+    its stored verdict (after a change to `service.core.selection`); which snapshot a selecting
     variant published stays the one the judge of its training time chose.
     """
     overrides = {**spec["overrides"], "iterations": iterations}

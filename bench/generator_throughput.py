@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from service.generator import GeneratorSession, latents
-from service.onnx_session import providers
+from service.core.gan_session import GeneratorSession, latents
+from service.core.onnx_session import providers
 from training.config import profile
 from training.export import export_onnx
 from training.loop import build_networks

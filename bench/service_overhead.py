@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.generation import png_bytes  # noqa: E402
-from service.generator import GeneratorSession  # noqa: E402
-from service.labeller import LabellerSession  # noqa: E402
-from service.repository import ModelRepository  # noqa: E402
+from service.core.gan_session import GeneratorSession  # noqa: E402
+from service.core.labeller_session import LabellerSession  # noqa: E402
+from service.core.repository import ModelRepository  # noqa: E402
+from service.responses import png_bytes  # noqa: E402
 from tests.service.server import DEMO_SKU, BoxgenServer  # noqa: E402
 
 

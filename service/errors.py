@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse
 
-from service.repository import ModelNotFound
+from service.core.pipeline import LabellerMissing, SelectionMissing
+from service.core.repository import ModelNotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,13 +53,17 @@ def error_response(exc: Exception) -> JSONResponse:
     """The JSON answer for a client error."""
     if isinstance(exc, RequestError):
         return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status)
+    if isinstance(exc, LabellerMissing):
+        return JSONResponse(error_body(str(exc), None), status_code=503)
+    if isinstance(exc, SelectionMissing):
+        return JSONResponse(error_body(str(exc), "select"), status_code=409)
     if isinstance(exc, ModelNotFound):
         field = "version" if "has no version" in str(exc) else "sku"
         return JSONResponse(error_body(str(exc), field), status_code=404)
     return JSONResponse(error_body(str(exc), None), status_code=422)  # ValueError
 
 
-CLIENT_ERRORS = (RequestError, ModelNotFound, ValueError)
+CLIENT_ERRORS = (RequestError, ModelNotFound, LabellerMissing, SelectionMissing, ValueError)
 
 
 def answers_errors(func: F) -> F:

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from service.core.pipeline import ModelCache
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 IMAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -95,6 +99,12 @@ def record_generation(sku: str, seconds: float, returned: int, tried: int, passe
     IMAGES_GENERATED.labels(sku=sku).inc(returned)
     SAMPLES.labels(sku=sku).inc(tried)
     SAMPLES_SELECTED.labels(sku=sku).inc(passed)
+
+
+def record_models_loaded(cache: ModelCache) -> None:
+    """The loaded-models gauge from a worker's model cache."""
+    MODELS_LOADED.labels(kind="generator").set(len(cache.generators))
+    MODELS_LOADED.labels(kind="labeller").set(int(cache.labeller is not None))
 
 
 def update_gpu_memory() -> None:

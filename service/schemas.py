@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.repository import SKU_PATTERN
+from service.core.repository import SKU_PATTERN
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()

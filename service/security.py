@@ -31,8 +31,8 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from service.core.repository import validate_sku
 from service.errors import RequestError, error_body
-from service.repository import validate_sku
 from service.settings import ServiceSettings, load_api_key
 
 PROTECTED = ("/generate", "/finetune", "/jobs", "/models")

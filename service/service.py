@@ -27,11 +27,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator, Field
 
 from service import metrics
-from service.catalog import job_status, models_overview
+from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
+from service.core.repository import BASE, ModelNotFound, ModelRepository
 from service.errors import RequestError, answers_errors, error_body, error_response
-from service.generation import ModelCache, Pipeline, answer
 from service.jobs import JobNotFound, JobRunner, JobStore
-from service.repository import BASE, ModelNotFound, ModelRepository
+from service.responses import answer, job_status, models_overview
 from service.schemas import (
     SETTINGS,
     SKU_FIELD,
@@ -104,9 +104,10 @@ class Boxgen:
             self.last_warm_up = time.monotonic()
             try:
                 self.cache.warm_up()
-            except (ModelNotFound, FileNotFoundError, RequestError) as exc:
+            except (ModelNotFound, FileNotFoundError, LabellerMissing) as exc:
                 logger.warning("not ready: %s", exc)
                 return False
+            metrics.record_models_loaded(self.cache)
             metrics.update_gpu_memory()
             self.ready = True
             return True

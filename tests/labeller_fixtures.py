@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.repository import ModelVersion
+from service.core.repository import ModelVersion
 from training.render import write_corpus
 from training.ultralytics_setup import configure_offline
 

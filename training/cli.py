@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from service.repository import ModelNotFound
+from service.core.repository import ModelNotFound
 from training.render import SCENES
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -318,7 +318,7 @@ def train_labeller(
 @click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True)
 def label(images: Path, out: Path, models: Path, conf: float):
     """Label any folder of images with the published labeller (YOLO txt, COCO JSON, data.yaml)."""
-    from service.datasets import label_folder
+    from service.core.datasets import label_folder
 
     label_folder(images, out, models, conf=conf)
     click.echo(f"labelled {images} into {out}")

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from service.datasets import image_files, read_image
+from service.core.datasets import image_files, read_image
 from training.render import Scene, bin_floor, draw
 
 RING = 2  # px of floor around a box that tell its colour

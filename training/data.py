@@ -23,7 +23,7 @@ import torch
 import yaml
 from PIL import Image
 
-from service.datasets import IMAGE_SUFFIXES, is_image_file, open_image
+from service.core.datasets import IMAGE_SUFFIXES, is_image_file, open_image
 from training.render import CLASSES
 
 FITS = ("stretch", "letterbox")

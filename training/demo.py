@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from service.repository import BASE, LABELLER, ModelRepository
+from service.core.repository import BASE, LABELLER, ModelRepository
 
 
 @dataclass(frozen=True)

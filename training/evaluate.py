@@ -3,7 +3,7 @@
 `evaluate_folder` judges any folder of images (boxgen's output or anyone else's) against the
 training images they should not copy; `evaluate_generator` samples a generator and judges it,
 for the fine-tune's model card and its snapshot choice (`selection_score`). Both label every
-image with the repository's labeller and score it with `service.selection.Selector`.
+image with the repository's labeller and score it with `service.core.selection.Selector`.
 
 A report (`report.json`) holds `categories` (fractions green, yellow, white, red), `scores`
 (one per image), `selector` (thresholds and how they were calibrated), `metrics` (novelty
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.datasets import first_image_side
-from service.generator import GeneratorSession, to_uint8
-from service.labeller import LabellerSession
-from service.repository import ModelNotFound
-from service.selection import (
+from service.core.datasets import first_image_side
+from service.core.gan_session import GeneratorSession, to_uint8
+from service.core.labeller_session import LabellerSession
+from service.core.repository import ModelNotFound
+from service.core.selection import (
     CATEGORIES,
     ImageScore,
     Selector,

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.generator import GeneratorSession, latents
-from service.repository import BASE, ModelRepository, ModelVersion, validate_sku
+from service.core.gan_session import GeneratorSession, latents
+from service.core.repository import BASE, ModelRepository, ModelVersion, validate_sku
 from training.checkpoint import load_checkpoint
 from training.networks import Generator
 

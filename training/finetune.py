@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.generator import latents, to_uint8
-from service.labeller import LabellerSession
-from service.repository import BASE, LABELLER, ModelRepository, ModelVersion, validate_sku
-from service.selection import Selector
+from service.core.gan_session import latents, to_uint8
+from service.core.labeller_session import LabellerSession
+from service.core.repository import BASE, LABELLER, ModelRepository, ModelVersion, validate_sku
+from service.core.selection import Selector
 from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile, write_json_atomic
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig

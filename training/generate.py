@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.generation import Generated, ModelCache, Pipeline, write_generated
-from service.repository import ModelRepository
+from service.core.pipeline import Generated, ModelCache, Pipeline, write_generated
+from service.core.repository import ModelRepository
 
 
 def generate_dataset(

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from service.datasets import coco_json, first_image_side, image_files, read_image
-from service.labeller import Detections, LabellerSession
-from service.repository import LABELLER, ModelRepository, ModelVersion
+from service.core.datasets import coco_json, first_image_side, image_files, read_image
+from service.core.labeller_session import Detections, LabellerSession
+from service.core.repository import LABELLER, ModelRepository, ModelVersion
 from training.data import data_fingerprint, read_labels
 from training.ultralytics_setup import block_downloads, import_ultralytics
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.repository import ModelVersion
+from service.core.repository import ModelVersion
 from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
 from training.config import TrainConfig
 from training.data import data_fingerprint, load_images

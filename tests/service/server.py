@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from service.repository import LABELLER
+from service.core.repository import LABELLER
 from training.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def publish_tiny_generator(models: Path, sku: str = DEMO_SKU, seed: int = 0,
     returns its version."""
     import torch
 
-    from service.repository import ModelRepository
+    from service.core.repository import ModelRepository
     from training.export import export_onnx
     from training.networks import Generator
 

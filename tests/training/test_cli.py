@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from service.repository import ModelRepository
+from service.core.repository import ModelRepository
 from training.cli import cli
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from service.datasets import read_image
+from service.core.datasets import read_image
 from training.copy_paste import (
     cut_out,
     empty_bin,

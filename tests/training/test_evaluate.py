@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.labeller import LabellerSession
-from service.selection import category_fractions
+from service.core.labeller_session import LabellerSession
+from service.core.selection import category_fractions
 from tests.selection_fixtures import arrangements, models
 from training.evaluate import evaluate_folder, evaluate_generator, fit_selector, selection_score
 

@@ -5,8 +5,8 @@ import onnx
 import pytest
 import torch
 
-from service.generator import GeneratorSession
-from service.repository import ModelRepository
+from service.core.gan_session import GeneratorSession
+from service.core.repository import ModelRepository
 from training import export
 from training.config import profile
 from training.loop import build_networks, train

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.labeller import Detections
-from service.repository import LABELLER, ModelNotFound
+from service.core.labeller_session import Detections
+from service.core.repository import LABELLER, ModelNotFound
 from tests.labeller_fixtures import (
     FAST_TRAIN_ARGS,
     IMGSZ,

@@ -4,7 +4,7 @@ Each module exports `compute(...) -> dict[str, float]`:
 
 - `kid`: KID on features (`features.image_features`, an offline random CNN).
 - `coverage`: precision, recall, density, coverage on the same features.
-- `novelty`: quantiles of `service.selection` novelty and the copy fraction.
+- `novelty`: quantiles of `service.core.selection` novelty and the copy fraction.
 - `fid`: FID, only with a user-supplied Inception-v3 weights file (no downloads).
 """
 

@@ -1,4 +1,4 @@
-"""Tests for service/datasets.py: what boxgen hands out trains with Ultralytics as is."""
+"""Tests for service/core/datasets.py: what boxgen hands out trains with Ultralytics as is."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service.datasets import image_files, label_folder, read_image, read_images, write_dataset
-from service.labeller import Detections
+from service.core.datasets import image_files, label_folder, read_image, read_images, write_dataset
+from service.core.labeller_session import Detections
 from tests.labeller_fixtures import TrainedLabeller, tiny_corpus, trained_labeller
 from training.labeller import ground_truth
 from training.render import CLASSES

@@ -1,4 +1,4 @@
-"""What `/generate` does: resolve the model, sample, label, select, and encode the answer.
+"""What `/generate` and `boxgen generate` do: resolve the model, sample, label and select.
 
 `ModelCache` keeps ONNX sessions open per worker, keyed by (sku, version): the version is
 resolved from the repository listing on every request (a directory listing, cheap), so a
@@ -6,18 +6,17 @@ version published by a fine-tune serves from the next request on, without a rest
 
 Selection (`select` green / yellow) needs the version's card to carry a `selection` entry
 (the novelty reference and thresholds the fine-tune measured). Versions published before
-selection existed have none: they answer 409 for green/yellow and serve `select=none`.
+selection existed have none: they raise `SelectionMissing` for green/yellow (409 over HTTP)
+and serve `select=none`.
+
+Torch-free and HTTP-free: the HTTP layer encodes `Generated` (`service/responses.py`) and keeps
+its metrics from `ModelCache`'s counts.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import tempfile
 import threading
-import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from starlette.responses import Response
 
-from service import metrics
-from service.datasets import write_dataset
-from service.errors import Conflict, RequestError
-from service.generator import GeneratorSession
-from service.labeller import Detections, LabellerSession
-from service.repository import LABELLER, ModelNotFound, ModelRepository, ModelVersion
-from service.schemas import Box, GeneratedImage, GenerateRequest, GenerateResponse
-from service.selection import Selector, sample_selected
+from service.core.datasets import write_dataset
+from service.core.gan_session import GeneratorSession
+from service.core.labeller_session import Detections, LabellerSession
+from service.core.repository import LABELLER, ModelNotFound, ModelRepository, ModelVersion
+from service.core.selection import Selector, sample_selected
+
+
+class LabellerMissing(LookupError):
+    """The repository has no labeller yet: the server's state is at fault, not the request."""
+
+
+class SelectionMissing(LookupError):
+    """The model version carries no selection data, so only `select=none` can serve it."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,13 @@ class ModelCache:
         try:
             newest = self.repository.resolve(LABELLER)
         except ModelNotFound:
-            # The server's state, not the request, is at fault: not a 404 on the SKU.
-            raise RequestError("no labeller in the model repository yet; publish one with "
-                               "`boxgen train-labeller`", None, status=503) from None
+            raise LabellerMissing("no labeller in the model repository yet; publish one with "
+                                  "`boxgen train-labeller`") from None
         with self.lock:
             if self.labeller is None or self.labeller_version != newest.version:
                 self.labeller = LabellerSession.from_repository(self.repository.root,
                                                                 newest.version)
                 self.labeller_version = newest.version
-                metrics.MODELS_LOADED.labels(kind="labeller").set(1)
             return self.labeller
 
     def _cached(self, table: OrderedDict, entry: ModelVersion, load: Callable[[], Any]) -> Any:
@@ -103,23 +103,20 @@ class ModelCache:
         return value
 
     def generator(self, entry: ModelVersion) -> GeneratorSession:
-        session = self._cached(self.generators, entry,
-                               lambda: GeneratorSession(entry.file("generator.onnx")))
-        metrics.MODELS_LOADED.labels(kind="generator").set(len(self.generators))
-        return session
+        return self._cached(self.generators, entry,
+                            lambda: GeneratorSession(entry.file("generator.onnx")))
 
     def selector(self, entry: ModelVersion) -> Selector:
-        """The version's selection (novelty reference, thresholds), or 409 when it has none.
+        """The version's selection (novelty reference, thresholds); SelectionMissing if none.
         Kept for as many versions as generators: each holds its version's reference features."""
 
         def load() -> Selector:
             card = entry.card
             if not card.get("selection"):
-                raise Conflict(
+                raise SelectionMissing(
                     f"model {entry.name} version {entry.version} has no selection data (it was "
                     "published without a labeller in the repository, or by `boxgen export`); "
-                    "ask for select=none, or fine-tune it again", "select",
-                )
+                    "ask for select=none, or fine-tune it again")
             return Selector.load(entry.path, card["selection"])
 
         return self._cached(self.selectors, entry, load)
@@ -179,37 +176,6 @@ def score_fields(score: Any) -> dict[str, Any]:
     return {key: get(key) for key in ("category", "novelty", "quality", "reason")}
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def boxes(detections: Detections, classes: list[str]) -> list[Box]:
-    rows = detections.yolo_rows()
-    return [
-        Box(class_id=int(cls), class_name=classes[int(cls)] if int(cls) < len(classes) else "",
-            confidence=float(conf), cx=float(r[1]), cy=float(r[2]), w=float(r[3]), h=float(r[4]))
-        for r, cls, conf in zip(rows, detections.cls, detections.conf, strict=True)
-    ]
-
-
-def to_json(result: Generated) -> GenerateResponse:
-    images = [
-        GeneratedImage(
-            png_base64=base64.b64encode(png_bytes(image)).decode(),
-            width=image.shape[1], height=image.shape[0], boxes=boxes(det, result.classes),
-            **(score or {}),
-        )
-        for image, det, score in zip(result.images, result.detections, result.scores,
-                                     strict=True)
-    ]
-    return GenerateResponse(sku=result.sku, version=result.version, select=result.select,
-                            seed=result.seed, images=images, tried=result.tried,
-                            passed_fraction=result.passed_fraction,
-                            complete=result.message is None, message=result.message)
-
-
 def write_generated(out: Path, result: Generated) -> Path:
     """A dataset folder: images/, labels/, confidences/, annotations.json, data.yaml and
     generation.json (model version, seed, selection figures per image)."""
@@ -226,33 +192,3 @@ def write_generated(out: Path, result: Generated) -> Path:
     return out
 
 
-def to_zip(result: Generated) -> bytes:
-    """`write_generated`'s folder as a zip archive."""
-    with tempfile.TemporaryDirectory(prefix="boxgen-zip-") as tmp:
-        out = write_generated(Path(tmp), result)
-        buffer = io.BytesIO()
-        # PNGs are already compressed; deflating them again costs time for nothing.
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            for path in sorted(out.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(out).as_posix())
-        return buffer.getvalue()
-
-
-def answer(pipeline: Pipeline, request: GenerateRequest) -> GenerateResponse | Response:
-    """Generate, encode as JSON or a zip archive, and record the request's metrics."""
-    start = time.perf_counter()
-    result = pipeline.generate(request.sku, request.n, request.seed, request.version,
-                               request.select)
-    version_header = {"X-Boxgen-Model-Version": str(result.version)}
-    if request.format == "zip":
-        body: GenerateResponse | Response = Response(
-            to_zip(result), media_type="application/zip",
-            headers={**version_header, "Content-Disposition":
-                     f'attachment; filename="{result.sku}-v{result.version}.zip"'},
-        )
-    else:
-        body = to_json(result)
-    metrics.record_generation(request.sku, time.perf_counter() - start, len(result.images),
-                              result.tried, result.passed)
-    return body

@@ -19,8 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.onnx_session import open_session
-from service.repository import LABELLER, ModelNotFound, ModelRepository
+from service.core.onnx_session import open_session
+from service.core.repository import LABELLER, ModelNotFound, ModelRepository
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 MAX_WH = 7680  # class offset for class-aware NMS, as in Ultralytics

@@ -70,7 +70,7 @@ ARRAYS_FILE = "selection.npz"
 
 
 class DetectionsLike(Protocol):
-    """What the selector reads from `service.labeller.Detections`."""
+    """What the selector reads from `service.core.labeller_session.Detections`."""
 
     boxes: np.ndarray  # [k, 4] x1, y1, x2, y2 pixels
     cls: np.ndarray  # [k]

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from service.onnx_session import open_session
+from service.core.onnx_session import open_session
 
 
 def latents(n: int, z_dim: int, seed: int | None) -> np.ndarray:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from service.labeller import Detections
-from service.selection import QualityCalibration, Selector, category_fractions, sample_selected
+from service.core.labeller_session import Detections
+from service.core.selection import QualityCalibration, Selector, category_fractions, sample_selected
 from training.render import make_group, render_image
 
 GROUP, SIZE = 10, (64, 64)

@@ -1,4 +1,4 @@
-"""Tests for service/labeller.py: the onnxruntime pipeline against Ultralytics itself."""
+"""service/core/labeller_session.py: the onnxruntime pipeline against Ultralytics itself."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.datasets import image_files, read_image
-from service.labeller import Detections, LabellerSession, letterbox, nms, scale_boxes
-from service.repository import ModelNotFound
+from service.core.datasets import image_files, read_image
+from service.core.labeller_session import Detections, LabellerSession, letterbox, nms, scale_boxes
+from service.core.repository import ModelNotFound
 from tests.labeller_fixtures import IMGSZ, TrainedLabeller, trained_labeller
 from training.render import CLASSES, write_corpus
 from training.ultralytics_setup import import_ultralytics

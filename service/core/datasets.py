@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.labeller import Detections, LabellerSession
+from service.core.labeller_session import Detections, LabellerSession
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.generation import ModelCache
-from service.repository import ModelRepository
-from service.selection import Selector
+from service.core.pipeline import ModelCache
+from service.core.repository import ModelRepository
+from service.core.selection import Selector
 from tests.service.server import publish_tiny_generator
 from training.render import make_group, render_image
 

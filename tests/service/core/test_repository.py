@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from service.repository import ModelNotFound, ModelRepository, validate_sku
+from service.core.repository import ModelNotFound, ModelRepository, validate_sku
 
 
 def make_file(path, size=10):
@@ -52,7 +52,7 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     src = make_file(tmp_path / "g.onnx", 1 << 20)
     child = textwrap.dedent(f"""
         import os, time
-        from service.repository import ModelRepository
+        from service.core.repository import ModelRepository
         os.rename = lambda *a: (print("staged", flush=True), time.sleep(60))
         ModelRepository({str(tmp_path / "models")!r}).publish(
             "a", {{"generator.onnx": {str(src)!r}}}, {{}})
