@@ -24,7 +24,8 @@ Snapshot selection judges checkpoints on latents of seed 0; the table's evaluati
 so a variant cannot win by picking the snapshot that happened to suit the evaluation samples.
 Without `--models`, the corpus, base and labeller are made like `make demo` makes them (about
 as long as its first three steps). Finished runs are reused from `--work`; `--rejudge`
-re-evaluates them after a change to the judge (`service/core/selection.py`) without training again.
+re-evaluates them after a change to the judge (`service/core/selector.py` and its measures)
+without training again.
 On CUDA the same command runs; `--models` with a thesis-profile base gives the thesis table.
 """
 
@@ -43,15 +44,16 @@ import torch
 
 from service.core.gan_session import latents, to_uint8
 from service.core.labeller_session import LabellerSession
-from service.core.repository import BASE, LABELLER, ModelRepository
-from service.core.selection import Selector, category_fractions
-from training.checkpoint import LATEST, latest_checkpoint, load_checkpoint
+from service.core.repository import BASE, LABELLER, LATEST_CHECKPOINT, ModelRepository
+from service.core.selector import Selector, category_fractions
+from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
 from training.data import load_images
+from training.devices import pick_device
 from training.evaluate import evaluate_generator, fit_selector
 from training.export import generator_from_checkpoint
 from training.finetune import BEST, SNAPSHOTS, SnapshotJudge, finetune_config
-from training.loop import Callback, Run, pick_device, train
+from training.loop import Callback, Run, train
 from training.render import write_corpus
 
 ROOT = Path(__file__).resolve().parent
@@ -174,7 +176,7 @@ def judge_snapshot(run_dir: Path, select: bool, selector: Selector, labeller: La
                    real: np.ndarray, samples: int) -> dict[str, Any]:
     """Evaluate a finished run's published snapshot (best with selection, else the last)."""
     checkpoints = latest_checkpoint(run_dir).parent
-    state = load_checkpoint(checkpoints / (BEST if select else LATEST))
+    state = load_checkpoint(checkpoints / (BEST if select else LATEST_CHECKPOINT))
     device = pick_device()
     generator = generator_from_checkpoint(state).to(device)
     report = evaluate_generator(sampler(generator, state["config"]["z_dim"], device), selector,
@@ -198,7 +200,7 @@ def run_variant(name: str, spec: dict[str, Any], group: int, base: dict[str, Any
     """Fine-tune one variant on one group (or reuse a finished run) and evaluate it.
 
     rejudge: re-evaluate a finished run's snapshot with the current judge instead of reusing
-    its stored verdict (after a change to `service.core.selection`); which snapshot a selecting
+    its stored verdict (after a change to `service.core.novelty`); which snapshot a selecting
     variant published stays the one the judge of its training time chose.
     """
     overrides = {**spec["overrides"], "iterations": iterations}

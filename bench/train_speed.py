@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from training.config import profile
-from training.loop import pick_device, train
+from training.devices import pick_device
+from training.loop import train
 
 
 def seconds_per_iteration(name: str, iterations: int, amp: bool) -> float:

@@ -6,7 +6,7 @@ Layout, beside the models so a restart (or another pod on the same volume) sees 
     <models>/_jobs/<job_id>/job.json      the record, rewritten atomically (temp, fsync, rename)
     <models>/_jobs/<job_id>/images/       the uploaded photos (and labels/ when given)
     <models>/_jobs/<job_id>/run/          the training run folder: checkpoints, resumable
-    <models>/_jobs/<job_id>/status.json   progress written by the fine-tune process
+    <models>/_jobs/<job_id>/status.json   progress written by the fine-tune (FinetuneStatus)
     <models>/_jobs/<job_id>/log.txt       its stdout and stderr
 
 Every service worker can create, read and cancel jobs; only the worker holding `runner.lock`
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -39,14 +38,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from service import metrics
+from service.core.atomic import read_json, write_json_atomic
+from service.core.cards import STATUS_FILE, FinetuneStatus
+from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
 from service.security import UploadedFile
 
 JOBS_DIR = "_jobs"
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[str, ...] = get_args(JobState)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_ATTEMPTS = 3  # starts of one job (first run plus resumes after restarts)
 KILL_GRACE_SECONDS = 10.0
@@ -76,33 +78,6 @@ class Job:
     pid: int | None = None  # process group of the running fine-tune
     attempts: int = 0
     progress: dict[str, Any] = field(default_factory=dict)  # latest status.json
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so readers see the old or the new file, never half of one, even after a crash."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 @contextlib.contextmanager
@@ -155,7 +130,7 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         job = Job(**{k: v for k, v in record.items() if k in Job.__dataclass_fields__})
         if job.state == "running":
-            job.progress = read_json(folder / "status.json")
+            job.progress = read_json(folder / STATUS_FILE)
         return job
 
     def list(self) -> list[Job]:
@@ -210,7 +185,7 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
         "--sku", job.sku,
         "--models", str(store.models),
         "--out", str(folder / "run"),
-        "--status-file", str(folder / "status.json"),
+        "--status-file", str(folder / STATUS_FILE),
     ]
     if job.labels:
         command += ["--labels", str(folder / "labels")]
@@ -220,8 +195,8 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
 
 
 def has_checkpoint(run: Path) -> bool:
-    """Whether `boxgen finetune` left a checkpoint to resume (training/checkpoint.py's name)."""
-    return (run / "checkpoints" / "latest.pt").is_file()
+    """Whether `boxgen finetune` left a checkpoint to resume."""
+    return (run / CHECKPOINTS_DIR / LATEST_CHECKPOINT).is_file()
 
 
 def last_line(path: Path, default: str) -> str:
@@ -360,20 +335,20 @@ class JobRunner:
 
     def finish(self, job: Job, returncode: int, folder: Path) -> None:
         now = time.time()
-        status = read_json(folder / "status.json")
-        if returncode == 0 and status.get("version") is not None:
-            card = status.get("card") or {}
-            report = status.get("report") or card.get("evaluation")
+        raw = read_json(folder / STATUS_FILE)
+        status = FinetuneStatus.model_validate(raw)
+        if returncode == 0 and status.version is not None:
+            report = status.report or (status.card or {}).get("evaluation")
             done = self.store.update(job.id, only_from=("running",), state="succeeded", pid=None,
-                                     finished_at=now, version=int(status["version"]),
-                                     report=report, progress=status)
+                                     finished_at=now, version=status.version,
+                                     report=report, progress=raw)
         else:
             error = (f"fine-tune exited with status {returncode}: "
                      + last_line(folder / "log.txt", "no output"))
             if returncode == 0:
                 error = "fine-tune finished without reporting a published version"
             done = self.store.update(job.id, only_from=("running",), state="failed", pid=None,
-                                     finished_at=now, error=error, progress=status)
+                                     finished_at=now, error=error, progress=raw)
         if done.state in ("succeeded", "failed") and done.started_at:
             metrics.FINETUNE_DURATION.observe(now - done.started_at)
         self.publish_counts()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from service.core.repository import SKU_PATTERN
+from service.core.selector import SelectMode
+from service.jobs import JobState
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
 
-Select = Literal["green", "yellow", "none"]
 Format = Literal["json", "zip"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 SKU_FIELD = Field(
     description="SKU name: 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.",
@@ -31,7 +31,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1,
                              description="Same seed, same model version: same images.")
     version: int | None = Field(None, ge=1, description="Model version; default the newest.")
-    select: Select = Field(
+    select: SelectMode = Field(
         "green",
         description="green: only novel, good images; yellow: also novel, borderline ones; "
         "none: raw samples, unscored.",
@@ -76,7 +76,7 @@ class GenerateResponse(BaseModel):
 
     sku: str
     version: int = Field(description="The model version that made these images.")
-    select: Select
+    select: SelectMode
     seed: int | None
     images: list[GeneratedImage]
     tried: int = Field(description="Samples drawn to find these images.")
@@ -85,6 +85,16 @@ class GenerateResponse(BaseModel):
     complete: bool = Field(description="False when fewer than n images passed within the "
                            "sampling budget (n x BOXGEN_MAX_TRIES_FACTOR samples).")
     message: str | None = Field(None, description="Why the answer is incomplete.")
+
+
+# `POST /finetune` is multipart (photos and label files), so its fields are the API method's
+# parameters; their types live here with the other schemas. Multipart text fields arrive
+# JSON-decoded, so a numeric SKU such as 12345 comes in as an int.
+FinetuneSku = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v),
+                        SKU_FIELD]
+FinetuneIterations = Annotated[int | None, Field(
+    ge=1, le=SETTINGS.max_iterations,
+    description="Fine-tune generator iterations (default: the fine-tune profile's).")]
 
 
 class FinetuneAccepted(BaseModel):

@@ -12,8 +12,8 @@ Two ASGI middlewares run in front of BentoML's request parsing:
   the file count and each file's size, and passes the uploaded file names on to the API method
   (BentoML's temporary files lose them, and labels are matched to images by name).
 
-The content checks (`check_images`, `check_labels`) run in the API method, on the files BentoML
-saved: Pillow reads only the header before the pixel-count check, so decompression bombs are
+The content checks (`checked_images`, `checked_labels`) run in the API method, on the files
+BentoML saved: Pillow reads only the header before the pixel-count check, so decompression bombs are
 refused before they are decoded.
 """
 
@@ -32,6 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service.core.repository import validate_sku
+from service.core.yolo import parse_rows
 from service.errors import RequestError, error_body
 from service.settings import ServiceSettings, load_api_key
 
@@ -201,7 +202,7 @@ def safe_names(uploaded: list[str], paths: list[Path], field: str) -> list[str]:
     return names
 
 
-def check_images(paths: list[Path], names: list[str], max_pixels: int) -> list[UploadedFile]:
+def checked_images(paths: list[Path], names: list[str], max_pixels: int) -> list[UploadedFile]:
     """Every upload must be a PNG or JPEG of at most `max_pixels` that decodes completely."""
     checked = []
     for i, (path, name) in enumerate(zip(paths, names, strict=True)):
@@ -225,7 +226,7 @@ def check_images(paths: list[Path], names: list[str], max_pixels: int) -> list[U
     return checked
 
 
-def check_labels(
+def checked_labels(
     paths: list[Path], names: list[str], images: list[UploadedFile]
 ) -> list[UploadedFile]:
     """YOLO label files (`class cx cy w h` per line, normalised), each named after an image."""
@@ -237,22 +238,11 @@ def check_labels(
         if stem not in stems:
             raise RequestError(f"label file {name} matches no uploaded image by name", field)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            parse_rows(path.read_text(encoding="utf-8"), name)
         except (UnicodeDecodeError, OSError):
             raise RequestError(f"{name} is not a UTF-8 text file", field) from None
-        for number, line in enumerate(lines, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                cls, *box = (float(p) for p in parts)
-            except ValueError:
-                raise RequestError(f"{name} line {number} is not numbers", field) from None
-            if len(box) != 4 or cls < 0 or cls != int(cls) or not all(0 <= v <= 1 for v in box):
-                raise RequestError(
-                    f"{name} line {number}: expected 'class cx cy w h' normalised to [0, 1]",
-                    field,
-                )
+        except ValueError as e:
+            raise RequestError(str(e), field) from None
         checked.append(UploadedFile(path, stem + ".txt"))
     return checked
 
@@ -274,6 +264,6 @@ def checked_uploads(
         raise RequestError(f"upload {settings.min_images} to {settings.max_images} images "
                            f"(ten recommended), got {len(images)}", "images")
     image_names = safe_names(names.get("images", []), images, "images")
-    checked_images = check_images(images, image_names, settings.max_pixels)
+    accepted = checked_images(images, image_names, settings.max_pixels)
     label_names = safe_names(names.get("labels", []), labels, "labels")
-    return checked_images, check_labels(labels, label_names, checked_images)
+    return accepted, checked_labels(labels, label_names, accepted)

@@ -1,4 +1,5 @@
-"""Start the BentoML server for `service.service:Boxgen` (what `boxgen serve` runs).
+"""Start the BentoML server for `service.service:Boxgen`: `python -m service.serve`, which
+`boxgen serve` runs in its own process (training never imports the HTTP layer).
 
 Everything reaches the workers through environment variables, because BentoML starts each
 worker as a fresh process that imports the service module: `BOXGEN_MODELS` (the repository),
@@ -9,8 +10,10 @@ Prometheus multiprocess files, wiped at every start) in a folder of ours.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -82,3 +85,25 @@ def serve(
     finally:
         if own_home:  # the temporary home made for this server holds nothing worth keeping
             shutil.rmtree(env["BENTOML_HOME"], ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m service.serve --models DIR [--port P] [--host H] [--workers N]
+    [--api-key-file F]`; a missing folder or file is one line on stderr and exit status 1."""
+    parser = argparse.ArgumentParser(prog="boxgen serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--api-key-file", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.models, port=args.port, host=args.host, workers=args.workers,
+              api_key_file=args.api_key_file)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

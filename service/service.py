@@ -19,12 +19,11 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
 
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from service import metrics
 from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
@@ -33,9 +32,9 @@ from service.errors import RequestError, answers_errors, error_body, error_respo
 from service.jobs import JobNotFound, JobRunner, JobStore
 from service.responses import answer, job_status, models_overview
 from service.schemas import (
-    SETTINGS,
-    SKU_FIELD,
     FinetuneAccepted,
+    FinetuneIterations,
+    FinetuneSku,
     GenerateRequest,
     GenerateResponse,
     JobList,
@@ -53,12 +52,6 @@ from service.settings import ServiceSettings
 
 logger = logging.getLogger("boxgen.service")
 
-# Multipart text fields arrive JSON-decoded, so a numeric SKU such as 12345 comes in as an int.
-SkuName = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v),
-                    SKU_FIELD]
-Iterations = Annotated[int | None, Field(
-    ge=1, le=SETTINGS.max_iterations,
-    description="Fine-tune generator iterations (default: the fine-tune profile's).")]
 WARM_UP_RETRY_SECONDS = 5.0
 
 jobs_api = FastAPI(title="boxgen jobs and models", docs_url="/jobs-docs",
@@ -121,16 +114,21 @@ class Boxgen:
     @bentoml.api(route="/generate")
     @answers_errors
     def generate(self, request: GenerateRequest, /, ctx: bentoml.Context) -> GenerateResponse:
-        """Images of `sku` labelled by the labeller; format=zip answers a dataset archive."""
+        """Images of `sku` labelled by the labeller; format=zip answers a dataset archive.
+
+        Returns a GenerateResponse, or for format=zip a starlette Response (application/zip)
+        that BentoML passes through. The annotation names the JSON form only: BentoML builds
+        the OpenAPI response schema from it, and a union would leave the docs without one.
+        """
         tag_sku(ctx, request.sku)
         checked_sku(request.sku)
         return answer(self.pipeline, request)
 
     @bentoml.api(route="/finetune")
     @answers_errors
-    def finetune(self, ctx: bentoml.Context, sku: SkuName, images: list[Path],
+    def finetune(self, ctx: bentoml.Context, sku: FinetuneSku, images: list[Path],
                  labels: list[Path] = Field(default_factory=list),  # noqa: B008
-                 iterations: Iterations = None) -> FinetuneAccepted:
+                 iterations: FinetuneIterations = None) -> FinetuneAccepted:
         """Fine-tune `sku` on uploaded photos (YOLO label files optional, matched by name).
 
         Answers at once; poll GET /jobs/{job_id}. The new version serves when it succeeds.

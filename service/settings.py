@@ -10,6 +10,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core.limits import MAX_PHOTOS, MIN_PHOTOS
+
 MODELS_ENV = "BOXGEN_MODELS"
 API_KEY_ENV = "BOXGEN_API_KEY"
 API_KEY_FILE_ENV = "BOXGEN_API_KEY_FILE"
@@ -30,8 +32,8 @@ class ServiceSettings:
     models: Path  # model repository root (BOXGEN_MODELS); jobs live in <models>/_jobs
     max_n: int = 256  # most images one /generate request may ask for (BOXGEN_MAX_N)
     max_tries_factor: int = 20  # selection draws at most n * this samples (BOXGEN_MAX_TRIES_FACTOR)
-    min_images: int = 5  # fewest photos a /finetune upload may hold (BOXGEN_MIN_IMAGES)
-    max_images: int = 100  # most photos a /finetune upload may hold (BOXGEN_MAX_IMAGES)
+    min_images: int = MIN_PHOTOS  # fewest photos a /finetune upload may hold (BOXGEN_MIN_IMAGES)
+    max_images: int = MAX_PHOTOS  # most photos a /finetune upload may hold (BOXGEN_MAX_IMAGES)
     max_upload_bytes: int = 200 * 2**20  # whole /finetune body (BOXGEN_MAX_UPLOAD_BYTES)
     max_file_bytes: int = 20 * 2**20  # one uploaded file (BOXGEN_MAX_FILE_BYTES)
     max_pixels: int = 40_000_000  # one uploaded image, width * height (BOXGEN_MAX_PIXELS)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +11,9 @@ import torch
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from service.core.atomic import read_json, write_json_atomic
+from service.core.cards import FinetuneStatus
 from training.loop import Callback, Run
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers (the service's job runner) never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ProgressBar(Callback):
@@ -97,8 +86,10 @@ class StatusFile(Callback):
         self.stage = stage
 
     def update(self, **fields: Any) -> None:
-        current = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        write_json_atomic(self.path, {**current, **fields})
+        """Set `fields` (FinetuneStatus's) and rewrite the file."""
+        status = FinetuneStatus.model_validate({**read_json(self.path), **fields})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, status.model_dump(mode="json", exclude_none=True))
 
     def on_train_start(self, run: Run) -> None:
         self.update(stage=self.stage, iteration=run.step, iterations=run.total)

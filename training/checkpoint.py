@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-LATEST = "latest.pt"
+from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
 
 
 def git_commit() -> str | None:
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     """Read a checkpoint written by `save_checkpoint` (tensors and plain data only)."""
     path = Path(path)
     if path.is_dir():
-        path = latest_checkpoint(path) or path / "checkpoints" / LATEST
+        path = latest_checkpoint(path) or path / CHECKPOINTS_DIR / LATEST_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=device, weights_only=True)
@@ -60,5 +60,5 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The run's newest checkpoint, or None when it has none yet."""
-    path = Path(run_dir) / "checkpoints" / LATEST
+    path = Path(run_dir) / CHECKPOINTS_DIR / LATEST_CHECKPOINT
     return path if path.is_file() else None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from service.core.cards import GeneratorCard, LabellerCard
 from service.core.repository import ModelNotFound
+from service.core.selector import SELECT_MODES
 from training.render import SCENES
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -203,13 +206,11 @@ def export(run_dir: Path, sku: str, models: Path):
     if checkpoint is None:
         raise click.ClickException(f"run folder {run_dir} has no checkpoint")
     version = publish_generator(checkpoint, sku, models, card={"run": str(run_dir.resolve())})
-    click.echo(
-        f"published {sku} version {version.version} "
-        f"(parity max abs {version.card['onnx_parity_max_abs']:.1e})"
-    )
+    parity = version.read_card(GeneratorCard).onnx_parity_max_abs
+    click.echo(f"published {sku} version {version.version} (parity max abs {parity:.1e})")
 
 
-SELECT = click.Choice(["green", "yellow", "none"])
+SELECT = click.Choice(SELECT_MODES)
 
 
 @cli.command()
@@ -230,7 +231,7 @@ def generate(
     sku: str, n: int, out: Path, models: Path, seed: int | None, version: int | None, select: str
 ):
     """Generate labelled images of a SKU (YOLO txt, COCO JSON, data.yaml) into OUT."""
-    from training.generate import generate_dataset
+    from service.core.pipeline import generate_dataset
 
     result = generate_dataset(sku, n, out, models, seed=seed, version=version, select=select)
     click.echo(
@@ -304,10 +305,11 @@ def train_labeller(
             data = write_corpus(Path(tmp) / "corpus", 12, 60, (size, size), progress=True)
         version = run(data, models, model_cfg, epochs, imgsz, batch=batch, heldout=heldout,
                       recipe=recipe)
-    figures = ", ".join(f"{k} {v:.3f}" for k, v in version.card["metrics"].items())
+    card = version.read_card(LabellerCard)
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in card.metrics.items())
     click.echo(
-        f"published labeller version {version.version} (recipe {version.card['recipe']}, "
-        f"imgsz {version.card['imgsz']}): {figures}"
+        f"published labeller version {version.version} (recipe {card.recipe}, "
+        f"imgsz {card.imgsz}): {figures}"
     )
 
 
@@ -359,9 +361,14 @@ def evaluate(
 )
 def serve(models: Path, port: int, host: str, workers: int, api_key_file: Path | None):
     """Serve /generate, /finetune, /jobs, /models, /metrics and health checks over HTTP."""
-    from service.serve import serve as run_server
-
-    run_server(models, port=port, host=host, workers=workers, api_key_file=api_key_file)
+    # The server is `python -m service.serve`, exec'd in this process (same pid, so signals
+    # and process groups behave as before): training never imports the HTTP layer.
+    command = [sys.executable, "-m", "service.serve", "--models", str(models), "--port",
+               str(port), "--host", host, "--workers", str(workers)]
+    if api_key_file is not None:
+        command += ["--api-key-file", str(api_key_file)]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 @cli.command()

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from service.core.datasets import image_files, read_image
-from training.render import Scene, bin_floor, draw
+from service.core.yolo import read_names, read_rows, write_data_yaml, write_rows, xyxy
+from training.render import TIDY_LIGHT, Scene, bin_floor, draw, light
 
 RING = 2  # px of floor around a box that tell its colour
 ALPHA_LOW, ALPHA_HIGH = 10.0, 28.0  # colour distance (0-255) ramp from floor to object
@@ -39,19 +39,10 @@ class Cutout:
     alpha: np.ndarray  # [h, w] float32 in [0, 1]
 
 
-def read_yolo_rows(path: Path) -> np.ndarray:
-    """YOLO rows [k, 5] of a label file (missing or empty file: no objects)."""
-    if not path.is_file() or not path.read_text().strip():
-        return np.zeros((0, 5), np.float64)
-    return np.loadtxt(path, ndmin=2)[:, :5]
-
-
 def pixel_boxes(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """YOLO rows as integer pixel boxes x0, y0, x1, y1 (end exclusive), clipped.  # [k, 4]"""
     h, w = shape
-    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-    boxes = np.rint(boxes).astype(np.int64)
+    boxes = np.rint(xyxy(rows, shape)).astype(np.int64)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
     return boxes
@@ -92,15 +83,7 @@ def turn(cutout: Cutout, quarter_turns: int, mirror: bool) -> Cutout:
 
 def empty_bin(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """An empty bin, uint8 [H, W, 3], lit and noised like the renderer's photos."""
-    angle = np.deg2rad(-120 + rng.uniform(-30, 30))  # the renderer's lamp, jittered
-    scene = Scene(
-        size=(int(size[0]), int(size[1])), placements=(),
-        to_light=(float(np.cos(angle)), float(np.sin(angle))),
-        brightness=float(rng.uniform(0.85, 1.1)), gradient=float(rng.uniform(0.05, 0.2)),
-        vignette=float(rng.uniform(0.15, 0.35)),
-        tint=tuple(float(t) for t in 1 + rng.uniform(-0.03, 0.03, 3)),
-        noise_sigma=float(rng.uniform(0.006, 0.018)), noise_seed=int(rng.integers(2**31)),
-    )  # fmt: skip
+    scene = Scene(size=(int(size[0]), int(size[1])), placements=(), **light(rng, TIDY_LIGHT))
     return draw(scene)[0]
 
 
@@ -155,7 +138,7 @@ def write_copy_paste(real: Path, out: Path, n: int, seed: int = 0) -> Path:
     sources = []
     for file in files:
         image = read_image(file)
-        cutouts = cut_out(image, read_yolo_rows(real / "labels" / f"{file.stem}.txt"))
+        cutouts = cut_out(image, read_rows(real / "labels" / f"{file.stem}.txt", missing_ok=True))
         if cutouts:
             sources.append((image.shape[:2], cutouts))
     if not sources:
@@ -177,11 +160,7 @@ def write_copy_paste(real: Path, out: Path, n: int, seed: int = 0) -> Path:
         pixels, rows = result
         stem = f"cp_{written:04d}"
         Image.fromarray(pixels).save(out / "images" / f"{stem}.png", compress_level=1)
-        lines = [f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}" for r in rows]
-        (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+        write_rows(out / "labels" / f"{stem}.txt", rows)
         written += 1
-    names = (yaml.safe_load((real / "data.yaml").read_text()) or {}).get("names") \
-        if (real / "data.yaml").is_file() else None
-    spec = {"train": "images", "val": "images", "names": names or {}}
-    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_data_yaml(out, read_names(real, required=False) or [])
     return out

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from service.core.datasets import IMAGE_SUFFIXES, is_image_file, open_image
+from service.core.yolo import label_path, read_names, read_rows
 from training.render import CLASSES
 
 FITS = ("stretch", "letterbox")
@@ -47,55 +47,11 @@ def _find(root: Path) -> tuple[list[Path], list[Path | None]]:
     """Image files under `root` and, for each, the label file it would have (or None)."""
     if (root / "images").is_dir():
         images = sorted(p for p in (root / "images").rglob("*") if is_image_file(p))
-        label_of = [root / "labels" / p.relative_to(root / "images").with_suffix(".txt")
-                    for p in images]
+        label_of = [label_path(root, p) for p in images]
     else:
         images = sorted(p for p in root.iterdir() if is_image_file(p))
         label_of = [p.with_suffix(".txt") for p in images]
     return images, [p if p.is_file() else None for p in label_of]
-
-
-def _class_names(root: Path) -> tuple[str, ...] | None:
-    """Class names from `root/data.yaml` (Ultralytics: a list or an {id: name} mapping)."""
-    spec_path = next((root / n for n in ("data.yaml", "data.yml") if (root / n).is_file()), None)
-    if spec_path is None:
-        return None
-    try:
-        names = (yaml.safe_load(spec_path.read_text()) or {}).get("names")
-    except (yaml.YAMLError, AttributeError) as err:
-        problem = " ".join(str(err).split())[:200]  # YAML errors span lines
-        raise ValueError(f"{spec_path}: not a valid data.yaml ({problem})") from None
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise ValueError(f"{spec_path}: names must be numbered 0..{len(names) - 1}")
-        return tuple(str(names[i]) for i in range(len(names)))
-    if isinstance(names, list):
-        return tuple(str(n) for n in names)
-    raise ValueError(f"{spec_path}: no 'names' list or mapping")
-
-
-def read_labels(path: Path) -> np.ndarray:
-    """YOLO rows `cls cx cy w h` from a label file; polygon rows become their bounding box."""
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            values = [float(x) for x in line.split()]
-        except ValueError:
-            raise ValueError(f"{path}:{n}: not numbers: {line.strip()[:60]!r}") from None
-        if len(values) == 5:
-            row = values
-        elif len(values) >= 7 and len(values) % 2 == 1:  # segment: cls x1 y1 x2 y2 ...
-            xs, ys = values[1::2], values[2::2]
-            row = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2,
-                   max(xs) - min(xs), max(ys) - min(ys)]
-        else:
-            raise ValueError(f"{path}:{n}: expected 'cls cx cy w h', got {len(values)} values")
-        if row[0] < 0 or row[0] != int(row[0]) or not all(0 <= v <= 1 for v in row[1:]):
-            raise ValueError(f"{path}:{n}: class must be an integer >= 0 and box values in [0, 1]")
-        rows.append(row)
-    return np.array(rows, np.float64).reshape(-1, 5)
 
 
 def _fit(img: Image.Image, labels: np.ndarray, resolution: int, fit: str
@@ -141,11 +97,11 @@ def load_images(path: str | Path, resolution: int, fit: str = "stretch", min_ima
         raise ValueError(f"{root} holds {len(files)} images; at least {min_images} needed")
     if max_images is not None and len(files) > max_images:
         raise ValueError(f"{root} holds {len(files)} images; at most {max_images} allowed")
-    names = _class_names(root)
+    names = read_names(root, required=False)
     pixels = np.empty((len(files), resolution, resolution, 3), np.uint8)  # [N, R, R, 3]
     labels = []
     for i, (file, label_file) in enumerate(zip(files, label_files, strict=True)):
-        boxes = read_labels(label_file) if label_file else np.zeros((0, 5))
+        boxes = read_rows(label_file) if label_file else np.zeros((0, 5))
         if names is not None and len(boxes) and boxes[:, 0].max() >= len(names):
             raise ValueError(f"{label_file}: class {int(boxes[:, 0].max())} is not in "
                              f"data.yaml's {len(names)} names")
@@ -157,7 +113,7 @@ def load_images(path: str | Path, resolution: int, fit: str = "stretch", min_ima
         top = max((int(b[:, 0].max()) + 1 for b in labels if len(b)), default=0)
         names = CLASSES + tuple(f"class{i}" for i in range(len(CLASSES), top))
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    return ImageSet(images.contiguous(), labels, files, names)
+    return ImageSet(images.contiguous(), labels, files, tuple(names))
 
 
 def data_fingerprint(paths: Iterable[str | Path]) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,10 +20,12 @@ from pathlib import Path
 import click
 import httpx
 import numpy as np
-import yaml
 from PIL import Image
 
+from service.core.cards import LabellerCard
+from service.core.ports import free_port
 from service.core.repository import BASE, LABELLER, ModelRepository
+from service.core.yolo import read_names, write_data_yaml
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,6 @@ class DemoConfig:
 
 def step(message: str) -> None:
     click.secho(f"==> {message}", fg="cyan", bold=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def contact_sheet(paths: list[Path], out: Path, columns: int = 8) -> Path:
@@ -107,21 +102,32 @@ def call_service(models: Path, out: Path, sku: str, n: int) -> dict:
 
 
 def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
-    from training.config import profile
-    from training.evaluate import evaluate_folder
-    from training.finetune import finetune
-    from training.generate import generate_dataset
-    from training.labeller import train_labeller
-    from training.pretrain import pretrain, publish_pretrained
-    from training.render import write_corpus
-
+    """The whole product on the built-in corpus, one named step after another; each step
+    skips what an earlier run of the same `out` already finished."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     models = out / "models"
-    repo = ModelRepository(models)
-    corpus, photos, heldout = out / "corpus", out / "sku-photos", out / "sku-heldout"
 
     step(f"1/6 built-in corpus: {cfg.pretrain_groups} groups x {cfg.per_group} bins")
+    corpus, photos, heldout = render_data(out, cfg)
+    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)")
+    pretrain_base(corpus, out, models, cfg)
+    step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
+    train_demo_labeller(corpus, out, models, cfg)
+    step(f"4/6 fine-tune on {cfg.sku_photos} photos of a product group the base never saw")
+    finetune_sku(photos, out, models, cfg)
+    step(f"5/6 judge {cfg.generate_n} raw samples like the thesis' Table 4.1, then select")
+    sheet = judge_and_select(photos, heldout, out, models, cfg)
+    step("6/6 serve the model and call POST /generate")
+    serve_and_generate(out, models, cfg)
+    click.secho(f"demo finished in {time.monotonic() - started:.0f} s; open {sheet}", fg="green")
+
+
+def render_data(out: Path, cfg: DemoConfig) -> tuple[Path, Path, Path]:
+    """The pretraining corpus, and the SKU's photos and held-out arrangements (YOLO folders)."""
+    from training.render import write_corpus
+
+    corpus, photos, heldout = out / "corpus", out / "sku-photos", out / "sku-heldout"
     size = (cfg.size, cfg.size)
     if not (corpus / "data.yaml").is_file():
         write_corpus(corpus, cfg.pretrain_groups, cfg.per_group, size, cfg.seed, progress=True)
@@ -140,41 +146,59 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
                 stem = Path(name).stem
                 shutil.copy(sku / "images" / name, folder / "images" / name)
                 shutil.copy(sku / "labels" / f"{stem}.txt", folder / "labels" / f"{stem}.txt")
-            data = yaml.safe_load((sku / "data.yaml").read_text())
-            data["path"] = str(folder.resolve())  # the rendered folder goes away below
-            (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+            # `path` is the folder itself: the rendered one goes away below.
+            write_data_yaml(folder, read_names(sku), path=folder)
         shutil.rmtree(sku)
+    return corpus, photos, heldout
 
-    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)")
-    if not repo.versions(BASE):
+
+def pretrain_base(corpus: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
+    """Pretrain the WGAN-GP base on the corpus and publish it as `_base`."""
+    from training.config import profile
+    from training.pretrain import pretrain, publish_pretrained
+
+    if not ModelRepository(models).versions(BASE):
         pcfg = profile("demo").replace(iterations=cfg.pretrain_iterations, seed=cfg.seed)
         pretrain(pcfg, corpus, out / "runs" / "base")
         publish_pretrained(out / "runs" / "base", models)
 
-    step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
-    if not repo.versions(LABELLER):
-        # Groups never trained on (new products, the SKU's among them): the card's held-out mAP.
-        labeller_heldout = out / "labeller-heldout"
-        if not (labeller_heldout / "data.yaml").is_file():
-            write_corpus(labeller_heldout, cfg.labeller_heldout_groups, cfg.per_group, size,
-                         cfg.seed, first_group=cfg.pretrain_groups)
-        labeller = train_labeller(corpus, models, cfg.labeller_model, cfg.labeller_epochs,
-                                  heldout=labeller_heldout, recipe="auto")
-        metrics = labeller.card["metrics"]
-        click.echo(f"labeller on new products: mAP50 {metrics['heldout_mAP50']:.3f}, "
-                   f"mAP50-95 {metrics['heldout_mAP50_95']:.3f}")
 
-    step(f"4/6 fine-tune on {cfg.sku_photos} photos of a product group the base never saw")
-    version = finetune(
-        cfg.sku,
-        photos / "images",
-        models,
-        out=out / "runs" / f"finetune-{int(time.time())}",
-        overrides={"iterations": cfg.finetune_iterations},
-    )
+def train_demo_labeller(corpus: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
+    """Train the labeller on the corpus, measured on product groups it never saw."""
+    from training.labeller import train_labeller
+    from training.render import write_corpus
+
+    if ModelRepository(models).versions(LABELLER):
+        return
+    # Groups never trained on (new products, the SKU's among them): the card's held-out mAP.
+    labeller_heldout = out / "labeller-heldout"
+    if not (labeller_heldout / "data.yaml").is_file():
+        write_corpus(labeller_heldout, cfg.labeller_heldout_groups, cfg.per_group,
+                     (cfg.size, cfg.size), cfg.seed, first_group=cfg.pretrain_groups)
+    labeller = train_labeller(corpus, models, cfg.labeller_model, cfg.labeller_epochs,
+                              heldout=labeller_heldout, recipe="auto")
+    metrics = labeller.read_card(LabellerCard).metrics
+    click.echo(f"labeller on new products: mAP50 {metrics['heldout_mAP50']:.3f}, "
+               f"mAP50-95 {metrics['heldout_mAP50_95']:.3f}")
+
+
+def finetune_sku(photos: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
+    """Fine-tune the SKU on its ten photos and publish its new version."""
+    from training.finetune import finetune
+
+    version = finetune(cfg.sku, photos / "images", models,
+                       out=out / "runs" / f"finetune-{int(time.time())}",
+                       overrides={"iterations": cfg.finetune_iterations})
     click.echo(f"published {cfg.sku} version {version.version}")
 
-    step(f"5/6 judge {cfg.generate_n} raw samples like the thesis' Table 4.1, then select")
+
+def judge_and_select(photos: Path, heldout: Path, out: Path, models: Path,
+                     cfg: DemoConfig) -> Path:
+    """Judge raw samples into a report and a contact sheet, then write selected ones; returns
+    the contact sheet."""
+    from service.core.pipeline import generate_dataset
+    from training.evaluate import evaluate_folder
+
     samples, generated = out / "samples", out / "generated"
     for folder in (samples, generated):
         shutil.rmtree(folder, ignore_errors=True)
@@ -193,8 +217,11 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
         f"selected {len(result.images)} green images from {result.tried} samples into "
         f"{generated}; contact sheet of raw samples: {sheet}"
     )
+    return sheet
 
-    step("6/6 serve the model and call POST /generate")
+
+def serve_and_generate(out: Path, models: Path, cfg: DemoConfig) -> None:
+    """Start the server, POST /generate, and keep what it answered under `out`."""
     response = call_service(models, out, cfg.sku, 8)
     served = out / "served"
     served.mkdir(exist_ok=True)
@@ -209,4 +236,3 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
         f"samples passed), boxes per image {np.mean(boxes) if boxes else 0:.1f}"
         + (f"; {response['message']}" if response.get("message") else "")
     )
-    click.secho(f"demo finished in {time.monotonic() - started:.0f} s; open {sheet}", fg="green")

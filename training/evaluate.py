@@ -3,7 +3,7 @@
 `evaluate_folder` judges any folder of images (boxgen's output or anyone else's) against the
 training images they should not copy; `evaluate_generator` samples a generator and judges it,
 for the fine-tune's model card and its snapshot choice (`selection_score`). Both label every
-image with the repository's labeller and score it with `service.core.selection.Selector`.
+image with the repository's labeller and score it with `service.core.selector.Selector`.
 
 A report (`report.json`) holds `categories` (fractions green, yellow, white, red), `scores`
 (one per image), `selector` (thresholds and how they were calibrated), `metrics` (novelty
@@ -27,13 +27,7 @@ from service.core.datasets import first_image_side
 from service.core.gan_session import GeneratorSession, to_uint8
 from service.core.labeller_session import LabellerSession
 from service.core.repository import ModelNotFound
-from service.core.selection import (
-    CATEGORIES,
-    ImageScore,
-    Selector,
-    category_fractions,
-    passes,
-)
+from service.core.selector import CATEGORIES, ImageScore, Selector, category_fractions, passes
 from training.data import load_images
 from training.metrics import coverage, fid, kid, novelty
 from training.metrics.features import FEATURES_VERSION, image_features

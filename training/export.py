@@ -9,8 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.core.cards import BaseCard, GeneratorCard
 from service.core.gan_session import GeneratorSession, latents
-from service.core.repository import BASE, ModelRepository, ModelVersion, validate_sku
+from service.core.repository import (
+    BASE,
+    BASE_FILE,
+    GENERATOR_FILE,
+    ModelRepository,
+    ModelVersion,
+    validate_sku,
+)
 from training.checkpoint import load_checkpoint
 from training.networks import Generator
 
@@ -61,15 +69,17 @@ def publish_generator(
     card: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> ModelVersion:
-    """Export a run's EMA generator and publish it as the SKU's next version."""
+    """Export a run's EMA generator and publish it as the SKU's next version.
+
+    The card holds the run's config, step and `extra` (sku, parent, data fingerprint), then
+    `card`'s fields (GeneratorCard's)."""
     validate_sku(sku)
     state = load_checkpoint(checkpoint)
     generator = generator_from_checkpoint(state)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "generator.onnx"
+        onnx_path = Path(tmp) / GENERATOR_FILE
         parity = export_onnx(generator, onnx_path)
-        full_card = {
-            "kind": "generator",
+        full_card = GeneratorCard(**{
             "config": state["config"],
             "iterations": state["step"],
             "generator_args": state["generator_args"],
@@ -77,8 +87,8 @@ def publish_generator(
             "git_commit": state.get("git_commit"),
             **state.get("extra", {}),
             **(card or {}),
-        }
-        files = {"generator.onnx": onnx_path, **(extra_files or {})}
+        })
+        files = {GENERATOR_FILE: onnx_path, **(extra_files or {})}
         return ModelRepository(models).publish(sku, files, full_card)
 
 
@@ -97,12 +107,7 @@ def publish_base(checkpoint: str | Path, models: str | Path, card: dict[str, Any
         "extra",
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "base.pt"
+        path = Path(tmp) / BASE_FILE
         torch.save({k: state[k] for k in keep if k in state}, path)
-        full_card = {
-            "kind": "base",
-            "config": state["config"],
-            "iterations": state["step"],
-            **card,
-        }
-        return ModelRepository(models).publish(BASE, {"base.pt": path}, full_card)
+        full_card = BaseCard(config=state["config"], iterations=state["step"], **card)
+        return ModelRepository(models).publish(BASE, {BASE_FILE: path}, full_card)

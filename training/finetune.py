@@ -19,20 +19,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.core.atomic import write_json_atomic
+from service.core.cards import GeneratorCard
 from service.core.gan_session import latents, to_uint8
 from service.core.labeller_session import LabellerSession
-from service.core.repository import BASE, LABELLER, ModelRepository, ModelVersion, validate_sku
-from service.core.selection import Selector
-from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile, write_json_atomic
+from service.core.limits import MAX_PHOTOS, MIN_PHOTOS
+from service.core.repository import (
+    BASE,
+    BASE_FILE,
+    LABELLER,
+    LATEST_CHECKPOINT,
+    ModelRepository,
+    ModelVersion,
+    validate_sku,
+)
+from service.core.selector import Selector
+from service.core.yolo import read_rows
+from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import FINETUNE, TrainConfig
-from training.data import data_fingerprint, load_images, read_labels
+from training.data import data_fingerprint, load_images
 from training.evaluate import evaluate_generator, fit_selector, selection_score
 from training.export import publish_generator
 from training.loop import Callback, Run, train
 
-MIN_IMAGES = 5  # below this the critic memorises the set within a few hundred steps
-MAX_IMAGES = 100  # beyond this it is a pretraining corpus, not a few-shot fine-tune
 RECOMMENDED_IMAGES = 10
 BEST = "best.pt"
 BEST_REPORT = "best_report.json"
@@ -44,7 +54,7 @@ def load_base(models: Path, base: Path | None = None) -> tuple[dict[str, Any], s
     if base is not None:
         return load_checkpoint(base), str(Path(base).resolve())
     version = ModelRepository(models).resolve(BASE)
-    return load_checkpoint(version.file("base.pt")), f"{BASE}/{version.version}"
+    return load_checkpoint(version.file(BASE_FILE)), f"{BASE}/{version.version}"
 
 
 def finetune_config(base: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -53,7 +63,7 @@ def finetune_config(base: dict[str, Any], overrides: dict[str, Any] | None = Non
     return cfg.replace(**(overrides or {}))
 
 
-def check_labels(labels: Path, images: list[Path]) -> dict[str, int]:
+def count_labels(labels: Path, images: list[Path]) -> dict[str, int]:
     """Validate YOLO label files that pair with the photos by name; count them for the card."""
     stems = {p.stem for p in images}
     files = sorted(Path(labels).glob("*.txt"))
@@ -62,7 +72,7 @@ def check_labels(labels: Path, images: list[Path]) -> dict[str, int]:
             raise ValueError(
                 f"label file {f.name} matches no image (labels pair with images by name)"
             )
-    return {"files": len(files), "boxes": sum(len(read_labels(f)) for f in files)}
+    return {"files": len(files), "boxes": sum(len(read_rows(f)) for f in files)}
 
 
 class SnapshotJudge(Callback):
@@ -135,24 +145,11 @@ def finetune(
     if cfg.iterations < 1:
         raise ValueError(f"iterations must be at least 1 for a fine-tune, got {cfg.iterations}")
     dataset = load_images(
-        images, cfg.resolution, fit=cfg.fit, min_images=MIN_IMAGES, max_images=MAX_IMAGES
+        images, cfg.resolution, fit=cfg.fit, min_images=MIN_PHOTOS, max_images=MAX_PHOTOS
     )
     out = Path(out) if out else Path("runs") / f"finetune-{sku}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-    callbacks: list[Callback] = [MetricsLog(), SampleGrids()]
-    if progress:
-        callbacks.append(ProgressBar(f"finetune {sku}"))
     status = StatusFile(status_file) if status_file is not None else None
-    if status is not None:
-        callbacks.append(status)
-
-    # Without a labeller there is nothing to judge quality by: publish the last snapshot and
-    # no selector (the service then serves unfiltered samples only).
-    selector = None
-    if ModelRepository(models).versions(LABELLER):
-        labeller = LabellerSession.from_repository(models)
-        selector = fit_selector(to_uint8(dataset.images.numpy()), labeller)
-        callbacks.append(SnapshotJudge(selector, labeller, status))
+    selector, callbacks = _callbacks(sku, dataset.images, models, progress, status)
     extra = {
         "sku": sku,
         "parent": parent,
@@ -160,26 +157,47 @@ def finetune(
         "images": len(dataset.paths),
     }
     if labels is not None:
-        extra["labels"] = check_labels(labels, dataset.paths)
+        extra["labels"] = count_labels(labels, dataset.paths)
     train(cfg, dataset.images, out, callbacks, base=state, extra=extra)
-
     if status is not None:
         status.update(stage="publishing")
+    version = _publish(sku, out, models, selector)
+    if status is not None:
+        status.update(stage="published", version=version.version, card=version.card,
+                      report=version.read_card(GeneratorCard).evaluation)
+    return version
+
+
+def _callbacks(sku: str, photos: torch.Tensor, models: Path, progress: bool,
+               status: StatusFile | None) -> tuple[Selector | None, list[Callback]]:
+    """The fine-tune's selector (fitted on the photos) and its callbacks.
+
+    Without a labeller there is nothing to judge quality by: no selector, no snapshot judging
+    (the last snapshot is published and the service serves unfiltered samples only)."""
+    callbacks: list[Callback] = [MetricsLog(), SampleGrids()]
+    if progress:
+        callbacks.append(ProgressBar(f"finetune {sku}"))
+    if status is not None:
+        callbacks.append(status)
+    selector = None
+    if ModelRepository(models).versions(LABELLER):
+        labeller = LabellerSession.from_repository(models)
+        selector = fit_selector(to_uint8(photos.numpy()), labeller)
+        callbacks.append(SnapshotJudge(selector, labeller, status))
+    return selector, callbacks
+
+
+def _publish(sku: str, out: Path, models: Path, selector: Selector | None) -> ModelVersion:
+    """Publish the best judged snapshot (the last one without a selector), with the selection
+    data and the snapshots' history in its card."""
     checkpoints = latest_checkpoint(out).parent
-    snapshot = checkpoints / BEST if selector is not None else checkpoints / "latest.pt"
+    snapshot = checkpoints / BEST if selector is not None else checkpoints / LATEST_CHECKPOINT
     card: dict[str, Any] = {"run": str(out.resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         if selector is not None:
             card["selection"] = selector.save(tmp)
             files = {p.name: p for p in Path(tmp).iterdir()}
-            history = json.loads((checkpoints / SNAPSHOTS).read_text())
-            card["snapshots"] = history
+            card["snapshots"] = json.loads((checkpoints / SNAPSHOTS).read_text())
             card["evaluation"] = json.loads((checkpoints / BEST_REPORT).read_text())
-        version = publish_generator(snapshot, sku, models, card=card, extra_files=files)
-    if status is not None:
-        card = version.card
-        status.update(
-            stage="published", version=version.version, card=card, report=card.get("evaluation")
-        )
-    return version
+        return publish_generator(snapshot, sku, models, card=card, extra_files=files)

@@ -1,4 +1,4 @@
-"""Train, export, publish and evaluate the YOLO labeller.
+"""Train, export and publish the YOLO labeller.
 
 The labeller is an Ultralytics YOLO built from a model yaml (`yolov5x.yaml` in production,
 `yolov5n.yaml` for tests and the CPU demo): no pretrained weights exist offline, so it learns
@@ -8,9 +8,7 @@ weights to ONNX and publishes `labeller.onnx` + card under `_labeller`. A `Label
 holds the image size and Ultralytics settings that suit a kind of image: `SMALL_IMAGES` for
 bins of <= 128 px such as the CPU demo's (the figures behind it are beside it), `STANDARD`
 (Ultralytics' defaults) for photo-sized ones.
-`evaluate_labeller` measures the published ONNX labeller through the same onnxruntime
-pipeline the service uses (COCO mAP via pycocotools), on any YOLO-layout folder, e.g.
-corpus groups never trained on.
+`training.labeller_evaluation` measures it (COCO mAP through the service's own pipeline).
 
 Ultralytics is imported inside functions: importing it is slow, and it must be configured
 for offline use first (`training.ultralytics_setup`).
@@ -19,7 +17,6 @@ for offline use first (`training.ultralytics_setup`).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import shutil
@@ -29,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from service.core.datasets import coco_json, first_image_side, image_files, read_image
-from service.core.labeller_session import Detections, LabellerSession
-from service.core.repository import LABELLER, ModelRepository, ModelVersion
-from training.data import data_fingerprint, read_labels
+from service.core.cards import LabellerCard
+from service.core.datasets import first_image_side, image_files
+from service.core.repository import LABELLER, LABELLER_FILE, ModelRepository, ModelVersion
+from service.core.yolo import read_names, write_data_yaml
+from training.data import data_fingerprint
+from training.labeller_evaluation import evaluate_onnx
 from training.ultralytics_setup import block_downloads, import_ultralytics
 
 GROUP_PATTERN = re.compile(r"^(g\d+)_")  # built-in corpus stems: g{group:03d}_{index:04d}
@@ -107,23 +105,6 @@ def resolve_recipe(recipe: LabellerRecipe | str, data: Path) -> LabellerRecipe:
 # --- Corpus reading ------------------------------------------------------------------------
 
 
-def corpus_names(data: Path) -> list[str]:
-    """Class names from a YOLO-layout folder's `data.yaml`."""
-    data_yaml = Path(data) / "data.yaml"
-    if not data_yaml.is_file():
-        raise FileNotFoundError(f"{data} has no data.yaml (a YOLO-layout folder needs one)")
-    names = (yaml.safe_load(data_yaml.read_text()) or {}).get("names")
-    if not names:
-        raise ValueError(f"{data_yaml} has no class names ('names:')")
-    return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
-
-
-def label_file(data: Path, image: Path) -> Path:
-    """The YOLO label file of `image` (images/... -> labels/....txt)."""
-    rel = image.relative_to(Path(data) / "images")
-    return Path(data) / "labels" / rel.with_suffix(".txt")
-
-
 def corpus_fingerprint(data: Path) -> str:
     """`training.data.data_fingerprint` over every image and label file of a YOLO folder."""
     folders = [Path(data) / "images", Path(data) / "labels"]
@@ -159,15 +140,12 @@ def split_by_group(
 
 def write_split(data: Path, work: Path, seed: int = 0) -> Path:
     """A data.yaml in `work` with group-split train/val lists over the corpus at `data`."""
-    names = corpus_names(data)
+    names = read_names(data)
     train, val = split_by_group(image_files(Path(data) / "images", recursive=True), seed=seed)
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.txt").write_text("".join(f"{p.resolve()}\n" for p in train))
     (work / "val.txt").write_text("".join(f"{p.resolve()}\n" for p in val))
-    split = {"path": str(work.resolve()), "train": "train.txt", "val": "val.txt",
-             "names": dict(enumerate(names))}
-    (work / "data.yaml").write_text(yaml.safe_dump(split, sort_keys=False))
-    return work / "data.yaml"
+    return write_data_yaml(work, names, train="train.txt", val="val.txt", path=work)
 
 
 # --- Training, export, publication ---------------------------------------------------------
@@ -191,7 +169,7 @@ def _quiet(enabled: bool):
 
 def _default_device() -> str:
     """Ultralytics' device string for `training.loop.pick_device` (BOXGEN_DEVICE=cpu honoured)."""
-    from training.loop import pick_device
+    from training.devices import pick_device
 
     return "0" if pick_device().type == "cuda" else "cpu"
 
@@ -235,6 +213,42 @@ def train_labeller(
     imgsz, recipe and settings, data fingerprint, model cfg, epochs and metrics.
     """
     data, models = Path(data), Path(models)
+    recipe, imgsz, settings = _plan(data, model_cfg, epochs, imgsz, batch, recipe, train_args)
+    names = read_names(data)
+    # Train on a group split of the corpus, in a work dir that goes away afterwards.
+    owned = work_dir is None
+    # Absolute: Ultralytics puts a relative `project` under ./runs/detect/.
+    work = Path(tempfile.mkdtemp(prefix="boxgen-labeller-")) if owned else Path(work_dir).resolve()
+    try:
+        args = dict(data=str(write_split(data, work, seed)), epochs=epochs, imgsz=imgsz,
+                    batch=batch, device=device or _default_device(), workers=workers, seed=seed,
+                    deterministic=True, pretrained=False, project=str(work), name="train",
+                    exist_ok=True, plots=False, verbose=progress, **settings)
+        best, metrics = _fit(model_cfg, args, progress)
+        # Export, check it loads in our pipeline, measure new products, publish.
+        with _quiet(not progress):
+            onnx_path = export_onnx(best, imgsz)
+        if heldout is not None:
+            held = evaluate_onnx(onnx_path, names, imgsz, Path(heldout))
+            metrics.update({f"heldout_{k}": v for k, v in held.items()})
+        card = LabellerCard(
+            classes=names, imgsz=imgsz, model_cfg=str(model_cfg), epochs=epochs, batch=batch,
+            seed=seed, recipe=recipe.name, train_args=settings, data=str(data.resolve()),
+            data_fingerprint=corpus_fingerprint(data),
+            heldout_data=str(Path(heldout).resolve()) if heldout is not None else None,
+            metrics=metrics, onnx_opset=ONNX_OPSET,
+            format="ultralytics-yolo onnx: images [N,3,S,S] RGB 0-1 -> [N, 4+nc, anchors]",
+        )
+        return ModelRepository(models).publish(LABELLER, {LABELLER_FILE: onnx_path}, card)
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _plan(data: Path, model_cfg: str, epochs: int, imgsz: int | None, batch: int,
+          recipe: LabellerRecipe | str | None, train_args: dict[str, Any] | None
+          ) -> tuple[LabellerRecipe, int, dict[str, Any]]:
+    """Check the arguments; the recipe, image size and Ultralytics settings they make."""
     if not str(model_cfg).endswith((".yaml", ".yml")):
         raise ValueError(
             f"model {model_cfg!r} is not a model yaml (e.g. yolov5n.yaml): boxgen trains from "
@@ -245,159 +259,28 @@ def train_labeller(
     recipe = resolve_recipe(recipe or STANDARD, data)
     if imgsz is None:
         imgsz = 256 if recipe is STANDARD else recipe.imgsz_for(first_image_side(data / "images"))
-    settings = {**recipe.settings(batch), **(train_args or {})}
     if epochs < 1 or imgsz < 32 or batch < 1:
         raise ValueError(
             f"need epochs >= 1, imgsz >= 32, batch >= 1 (got {epochs}, {imgsz}, {batch})"
         )
-    names = corpus_names(data)
+    return recipe, imgsz, {**recipe.settings(batch), **(train_args or {})}
+
+
+def _fit(model_cfg: str, args: dict[str, Any], progress: bool) -> tuple[Path, dict[str, float]]:
+    """Train with Ultralytics; the best weights and their final validation figures."""
     import_ultralytics()
     from ultralytics import YOLO
 
-    # Train on a group split of the corpus, in a work dir that goes away afterwards.
-    owned = work_dir is None
-    # Absolute: Ultralytics puts a relative `project` under ./runs/detect/.
-    work = Path(tempfile.mkdtemp(prefix="boxgen-labeller-")) if owned else Path(work_dir).resolve()
-    try:
-        split_yaml = write_split(data, work, seed)
-        args = dict(data=str(split_yaml), epochs=epochs, imgsz=imgsz, batch=batch,
-                    device=device or _default_device(), workers=workers, seed=seed,
-                    deterministic=True, pretrained=False, project=str(work), name="train",
-                    exist_ok=True, plots=False, verbose=progress, **settings)
-        model = YOLO(model_cfg)
-        with block_downloads(), _quiet(not progress):
-            model.train(**args)
-        best = Path(model.trainer.best)
-        if not best.is_file():
-            best = Path(model.trainer.last)
-        val = model.trainer.metrics or {}  # final validation of the best weights
-
-        # Export, check it loads in our pipeline, measure new products, publish.
-        with _quiet(not progress):
-            onnx_path = export_onnx(best, imgsz)
-        metrics = {
-            "val_mAP50": float(val.get("metrics/mAP50(B)", float("nan"))),
-            "val_mAP50_95": float(val.get("metrics/mAP50-95(B)", float("nan"))),
-            "val_precision": float(val.get("metrics/precision(B)", float("nan"))),
-            "val_recall": float(val.get("metrics/recall(B)", float("nan"))),
-        }
-        if heldout is not None:
-            held = evaluate_onnx(onnx_path, names, imgsz, Path(heldout))
-            metrics.update({f"heldout_{k}": v for k, v in held.items()})
-        card = {
-            "kind": "labeller",
-            "classes": names,
-            "imgsz": imgsz,
-            "model_cfg": str(model_cfg),
-            "epochs": epochs,
-            "batch": batch,
-            "seed": seed,
-            "recipe": recipe.name,
-            "train_args": settings,
-            "data": str(data.resolve()),
-            "data_fingerprint": corpus_fingerprint(data),
-            "heldout_data": str(Path(heldout).resolve()) if heldout is not None else None,
-            "metrics": metrics,
-            "onnx_opset": ONNX_OPSET,
-            "format": "ultralytics-yolo onnx: images [N,3,S,S] RGB 0-1 -> [N, 4+nc, anchors]",
-        }
-        return ModelRepository(models).publish(LABELLER, {"labeller.onnx": onnx_path}, card)
-    finally:
-        if owned:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-# --- Evaluation ------------------------------------------------------------------------------
-
-
-def ground_truth(
-    data: Path, files: list[Path], shapes: list[tuple[int, int]]
-) -> list[Detections]:
-    """The YOLO labels of image `files` in the folder `data` as pixel boxes (confidence 1)."""
-    truth = []
-    for file, (h, w) in zip(files, shapes, strict=True):
-        path = label_file(data, file)
-        rows = read_labels(path) if path.is_file() else np.zeros((0, 5))
-        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-        truth.append(Detections(boxes.reshape(-1, 4), rows[:, 0].astype(np.int64),
-                                np.ones(len(rows), np.float32), (h, w)))
-    return truth
-
-
-def _match_counts(
-    truth: list[Detections], found: list[Detections], iou: float = 0.5
-) -> tuple[int, int, int]:
-    """True positives, detections and ground-truth boxes at one IoU, same class, greedy by conf."""
-    tp = n_found = n_truth = 0
-    for t, d in zip(truth, found, strict=True):
-        n_found, n_truth = n_found + len(d), n_truth + len(t)
-        used = np.zeros(len(t), bool)
-        for i in np.argsort(-d.conf, kind="stable"):
-            if not len(t):
-                break
-            x1 = np.maximum(d.boxes[i, 0], t.boxes[:, 0])
-            y1 = np.maximum(d.boxes[i, 1], t.boxes[:, 1])
-            x2 = np.minimum(d.boxes[i, 2], t.boxes[:, 2])
-            y2 = np.minimum(d.boxes[i, 3], t.boxes[:, 3])
-            inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-            area_d = (d.boxes[i, 2] - d.boxes[i, 0]) * (d.boxes[i, 3] - d.boxes[i, 1])
-            area_t = (t.boxes[:, 2] - t.boxes[:, 0]) * (t.boxes[:, 3] - t.boxes[:, 1])
-            ious = inter / (area_d + area_t - inter + 1e-9)
-            ious = np.where((t.cls == d.cls[i]) & ~used, ious, 0)
-            j = int(np.argmax(ious))
-            if ious[j] >= iou:
-                used[j], tp = True, tp + 1
-    return tp, n_found, n_truth
-
-
-def coco_map(
-    truth: list[Detections], found: list[Detections], names: list[str]
-) -> tuple[float, float]:
-    """COCO mAP50 and mAP50-95 (101-point interpolation) with pycocotools."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    if not any(len(d) for d in found):
-        return 0.0, 0.0
-    file_names = [str(i) for i in range(len(truth))]
-    gt = COCO()
-    gt.dataset = coco_json(file_names, truth, names)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        gt.createIndex()
-        dets = coco_json(file_names, found, names)["annotations"]
-        evaluation = COCOeval(gt, gt.loadRes(dets), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[1]), float(evaluation.stats[0])
-
-
-def evaluate_onnx(
-    onnx_path: Path, names: list[str], imgsz: int, data: Path, conf: float = 0.25
-) -> dict[str, float]:
-    """mAP50, mAP50-95 (all boxes above conf 0.001, as Ultralytics validates) and precision,
-    recall at IoU 0.5 for boxes above `conf`, of an ONNX labeller on a YOLO folder."""
-    data = Path(data)
-    if not (data / "images").is_dir():
-        raise FileNotFoundError(f"{data} is not a YOLO-layout folder: {data / 'images'} is missing")
-    files = image_files(data / "images", recursive=True)
-    images = [read_image(f) for f in files]
-    truth = ground_truth(data, files, [im.shape[:2] for im in images])
-    session = LabellerSession(onnx_path, names, imgsz, conf=0.001, iou=0.7)
-    found = session.label(images)
-    map50, map50_95 = coco_map(truth, found, names)
-    confident = [Detections(d.boxes[d.conf > conf], d.cls[d.conf > conf], d.conf[d.conf > conf],
-                            d.shape) for d in found]
-    tp, n_found, n_truth = _match_counts(truth, confident)
-    return {"mAP50": map50, "mAP50_95": map50_95,
-            "precision": tp / n_found if n_found else 0.0,
-            "recall": tp / n_truth if n_truth else 0.0,
-            "images": len(images), "objects": n_truth}
-
-
-def evaluate_labeller(models: Path, data: Path, version: int | None = None) -> dict[str, float]:
-    """Measure the published labeller on the YOLO folder `data` (see `evaluate_onnx`)."""
-    session = LabellerSession.from_repository(models, version)  # clear ModelNotFound if absent
-    entry = ModelRepository(models).resolve(LABELLER, version)
-    return evaluate_onnx(entry.file("labeller.onnx"), session.classes, session.imgsz, Path(data))
+    model = YOLO(model_cfg)
+    with block_downloads(), _quiet(not progress):
+        model.train(**args)
+    best = Path(model.trainer.best)
+    if not best.is_file():
+        best = Path(model.trainer.last)
+    val = model.trainer.metrics or {}  # final validation of the best weights
+    return best, {
+        "val_mAP50": float(val.get("metrics/mAP50(B)", float("nan"))),
+        "val_mAP50_95": float(val.get("metrics/mAP50-95(B)", float("nan"))),
+        "val_precision": float(val.get("metrics/precision(B)", float("nan"))),
+        "val_recall": float(val.get("metrics/recall(B)", float("nan"))),
+    }

@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 
+from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
 from training.augment import diff_augment
 from training.cdc import cdc_loss, frozen_source, generator_features
-from training.checkpoint import LATEST, git_commit, load_checkpoint, save_checkpoint
+from training.checkpoint import git_commit, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.devices import pick_device
 from training.losses import critic_loss, generator_loss, penalty
 from training.networks import Critic, Generator
 
@@ -80,13 +82,6 @@ class Run:
             # CDC's frozen source travels with the run, so a resume needs no base file.
             **({"generator_source": source.state_dict()} if source is not None else {}),
         }
-
-
-def pick_device() -> torch.device:
-    """CUDA when present, unless `BOXGEN_DEVICE=cpu` asks for the CPU."""
-    if os.environ.get("BOXGEN_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -158,7 +153,7 @@ def train(
     run.extra = dict(extra or {})
 
     # Restore: our own checkpoint (resume) wins over the base (fine-tune start).
-    resume = run_dir / "checkpoints" / LATEST
+    resume = run_dir / CHECKPOINTS_DIR / LATEST_CHECKPOINT
     source_state = None  # the generator CDC keeps distances like (the base's)
     if resume.is_file():
         state = load_checkpoint(resume)

@@ -31,13 +31,14 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from service.core.yolo import write_data_yaml, write_rows
 from training.products import CLASSES, PRODUCT_PAINTERS, Product, make_product
 
 MIN_SIDE, MAX_SIDE = 32, 2048
@@ -272,14 +273,37 @@ def arrange(products: list[Product], size: tuple[int, int], rng: np.random.Gener
             break
     else:
         raise ValueError(f"{len(products)} products do not fit side by side in a {size} bin")
-    angle = np.deg2rad(-120 + rng.uniform(-30, 30))  # lamp up-left of the bin, jittered
-    return Scene(
-        size=tuple(size), placements=tuple(placed),
-        to_light=(float(np.cos(angle)), float(np.sin(angle))),
-        brightness=float(rng.uniform(0.85, 1.1)), gradient=float(rng.uniform(0.05, 0.2)),
-        vignette=float(rng.uniform(0.15, 0.35)),
-        tint=tuple(float(t) for t in 1 + rng.uniform(-0.03, 0.03, 3)),
-        noise_sigma=float(rng.uniform(0.006, 0.018)), noise_seed=int(rng.integers(2**31)))
+    return Scene(size=tuple(size), placements=tuple(placed), **light(rng, TIDY_LIGHT))
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """The ranges a scene kind's camera and light are drawn from."""
+
+    lamp_jitter: float  # degrees around the lamp's usual place, up-left of the bin
+    brightness: tuple[float, float]
+    gradient: tuple[float, float]
+    vignette: tuple[float, float]
+    tint: float  # white balance: each channel within 1 ± this
+    noise: tuple[float, float]  # sensor noise sigma
+
+
+TIDY_LIGHT = Lighting(30, (0.85, 1.1), (0.05, 0.2), (0.15, 0.35), 0.03, (0.006, 0.018))
+CLUTTERED_LIGHT = Lighting(60, (0.7, 1.2), (0.05, 0.35), (0.1, 0.4), 0.1, (0.006, 0.03))
+
+
+def light(rng: np.random.Generator, ranges: Lighting) -> dict[str, Any]:
+    """A scene's lamp direction, exposure, white balance and noise: `Scene` fields."""
+    angle = np.deg2rad(-120 + rng.uniform(-ranges.lamp_jitter, ranges.lamp_jitter))
+    return {
+        "to_light": (float(np.cos(angle)), float(np.sin(angle))),
+        "brightness": float(rng.uniform(*ranges.brightness)),
+        "gradient": float(rng.uniform(*ranges.gradient)),
+        "vignette": float(rng.uniform(*ranges.vignette)),
+        "tint": tuple(float(t) for t in 1 + rng.uniform(-ranges.tint, ranges.tint, 3)),
+        "noise_sigma": float(rng.uniform(*ranges.noise)),
+        "noise_seed": int(rng.integers(2**31)),
+    }
 
 
 def _cover(p: Placement, s: float, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -335,18 +359,12 @@ def arrange_cluttered(products: list[Product], size: tuple[int, int],
             raise ValueError(f"a product does not fit on the floor of a {size} bin")
         placed.append(best[0])
         covers.append(best[1])
-    angle = np.deg2rad(-120 + rng.uniform(-60, 60))
+    lighting = light(rng, CLUTTERED_LIGHT)
     spot = (float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)),
             float(rng.uniform(0.15, 0.45)), float(rng.uniform(0.15, 0.5) * (rng.random() < 0.6)))
     blur = float(rng.uniform(0.5, 1.3) * min(size) / 256 * (rng.random() < 0.3))
-    return Scene(
-        size=tuple(size), placements=tuple(placed),
-        to_light=(float(np.cos(angle)), float(np.sin(angle))),
-        brightness=float(rng.uniform(0.7, 1.2)), gradient=float(rng.uniform(0.05, 0.35)),
-        vignette=float(rng.uniform(0.1, 0.4)),
-        tint=tuple(float(t) for t in 1 + rng.uniform(-0.1, 0.1, 3)),
-        noise_sigma=float(rng.uniform(0.006, 0.03)), noise_seed=int(rng.integers(2**31)),
-        stacked=True, spot=spot, shading=float(rng.uniform(0, 0.3)), blur=blur)
+    return Scene(size=tuple(size), placements=tuple(placed), **lighting, stacked=True,
+                 spot=spot, shading=float(rng.uniform(0, 0.3)), blur=blur)
 
 
 # ----------------------------------------------------------------------- drawing
@@ -574,12 +592,9 @@ def write_corpus(out: Path, groups: int, per_group: int, size: tuple[int, int] =
                                          kind=scene)
             stem = f"g{g:03d}_{i:04d}"
             image.save(out / "images" / f"{stem}.png", compress_level=1)  # 6x faster than 6
-            lines = [f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}" for r in labels]
-            (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+            write_rows(out / "labels" / f"{stem}.txt", labels)
             bar.update()
     bar.close()
     (out / "groups.json").write_text(json.dumps(catalogue, indent=1) + "\n")
-    spec = {"path": str(out.resolve()), "train": "images", "val": "images",
-            "nc": len(CLASSES), "names": dict(enumerate(CLASSES))}
-    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_data_yaml(out, CLASSES, path=out)
     return out

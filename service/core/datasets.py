@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.core.labeller_session import Detections, LabellerSession
+from service.core.yolo import write_data_yaml, write_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -159,20 +159,15 @@ def write_dataset(
         rows = det.yolo_rows()
         if single:
             rows[:, 0] = 0
-        lines = [f"{int(r[0])} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}" for r in rows]
-        (out / "labels" / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+        write_rows(out / "labels" / f"{stem}.txt", rows)
         (out / "confidences" / f"{stem}.txt").write_text(
             "".join(f"{c:.5f}\n" for c in det.conf.tolist())
         )
 
     coco = coco_json(file_names, detections, classes, single_class=single)
     (out / "annotations.json").write_text(json.dumps(coco))
-    data = {"train": "images", "val": "images", "nc": len(classes),
-            "names": dict(enumerate(classes))}
-    (out / "data.yaml").write_text(
-        "# YOLO dataset written by boxgen; paths are relative to this file's folder\n"
-        + yaml.safe_dump(data, sort_keys=False)
-    )
+    write_data_yaml(out, classes, comment="YOLO dataset written by boxgen; paths are "
+                    "relative to this file's folder")
     return out
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from service.core.cards import LabellerCard
 from service.core.onnx_session import open_session
-from service.core.repository import LABELLER, ModelNotFound, ModelRepository
+from service.core.repository import LABELLER, LABELLER_FILE, ModelNotFound, ModelRepository
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 MAX_WH = 7680  # class offset for class-aware NMS, as in Ultralytics
@@ -177,9 +178,8 @@ class LabellerSession:
             raise ModelNotFound(
                 f"{e}; train and publish one with `boxgen train-labeller --models {models}`"
             ) from None
-        card = entry.card
-        return cls(entry.file("labeller.onnx"), classes=card.get("classes"),
-                   imgsz=card.get("imgsz"), **kwargs)
+        card = entry.read_card(LabellerCard)
+        return cls(entry.file(LABELLER_FILE), classes=card.classes, imgsz=card.imgsz, **kwargs)
 
     def label(self, images: list[np.ndarray] | np.ndarray) -> list[Detections]:
         """Detections for RGB uint8 images (a list of HxWx3 arrays, or one NxHxWx3 array)."""

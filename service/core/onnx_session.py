@@ -7,12 +7,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from service.core.devices import cpu_forced
+
 
 def providers() -> list[str]:
     """Execution providers in preference order; `BOXGEN_DEVICE=cpu` forces the CPU."""
     available = ort.get_available_providers()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if os.environ.get("BOXGEN_DEVICE", "").lower() == "cpu":
+    if cpu_forced():
         wanted = ["CPUExecutionProvider"]
     return [p for p in wanted if p in available]
 

@@ -25,11 +25,19 @@ from typing import Any
 
 import numpy as np
 
+from service.core.cards import GeneratorCard
 from service.core.datasets import write_dataset
 from service.core.gan_session import GeneratorSession
 from service.core.labeller_session import Detections, LabellerSession
-from service.core.repository import LABELLER, ModelNotFound, ModelRepository, ModelVersion
-from service.core.selection import Selector, sample_selected
+from service.core.repository import (
+    GENERATOR_FILE,
+    LABELLER,
+    ModelNotFound,
+    ModelRepository,
+    ModelVersion,
+)
+from service.core.sampling import sample_selected
+from service.core.selector import Selector
 
 
 class LabellerMissing(LookupError):
@@ -104,20 +112,20 @@ class ModelCache:
 
     def generator(self, entry: ModelVersion) -> GeneratorSession:
         return self._cached(self.generators, entry,
-                            lambda: GeneratorSession(entry.file("generator.onnx")))
+                            lambda: GeneratorSession(entry.file(GENERATOR_FILE)))
 
     def selector(self, entry: ModelVersion) -> Selector:
         """The version's selection (novelty reference, thresholds); SelectionMissing if none.
         Kept for as many versions as generators: each holds its version's reference features."""
 
         def load() -> Selector:
-            card = entry.card
-            if not card.get("selection"):
+            card = entry.read_card(GeneratorCard)
+            if not card.selection:
                 raise SelectionMissing(
                     f"model {entry.name} version {entry.version} has no selection data (it was "
                     "published without a labeller in the repository, or by `boxgen export`); "
                     "ask for select=none, or fine-tune it again")
-            return Selector.load(entry.path, card["selection"])
+            return Selector.load(entry.path, card.selection)
 
         return self._cached(self.selectors, entry, load)
 
@@ -192,3 +200,11 @@ def write_generated(out: Path, result: Generated) -> Path:
     return out
 
 
+def generate_dataset(sku: str, n: int, out: Path, models: Path, seed: int | None = None,
+                     version: int | None = None, select: str = "green") -> Generated:
+    """Write `n` labelled images of `sku` that pass `select` to `out` as a YOLO + COCO dataset:
+    exactly what `POST /generate` with `format=zip` returns, as a folder (`boxgen generate`)."""
+    pipeline = Pipeline(ModelCache(ModelRepository(models)))
+    result = pipeline.generate(sku, n, seed, version, select)
+    write_generated(Path(out), result)
+    return result

@@ -12,6 +12,9 @@ A version appears atomically: everything is written and fsynced into a hidden te
 folder beside the versions, then renamed into place. Readers ignore hidden folders, so a
 crash mid-publish leaves nothing visible, and a rename never replaces an existing version,
 so versions are immutable.
+
+This module owns the names of every file the repository and a training run hold; the cards'
+fields are typed in `service.core.cards`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from service.core.atomic import fsync_dir
+from service.core.cards import Card
 
 LABELLER = "_labeller"
 BASE = "_base"
 RESERVED = (LABELLER, BASE)
+# Files of a version.
 CARD = "card.json"
+GENERATOR_FILE = "generator.onnx"  # a SKU's generator: z [N, z_dim] -> image [N, 3, R, R]
+BASE_FILE = "base.pt"  # the pretrained generator and critic weights (torch)
+LABELLER_FILE = "labeller.onnx"  # Ultralytics YOLO: images [N, 3, S, S] -> [N, 4 + nc, A]
+SELECTION_FILE = "selection.npz"  # a SKU's novelty reference features
+# Files of a training run folder, which a resumed fine-tune (and the job runner) looks for.
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_CHECKPOINT = "latest.pt"
+
+C = TypeVar("C", bound=Card)
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -57,7 +73,12 @@ class ModelVersion:
 
     @property
     def card(self) -> dict[str, Any]:
+        """The card as stored (JSON)."""
         return json.loads((self.path / CARD).read_text())
+
+    def read_card(self, kind: type[C]) -> C:
+        """The card as the typed `kind` (GeneratorCard, LabellerCard, BaseCard)."""
+        return kind.model_validate(self.card)
 
     def file(self, filename: str) -> Path:
         return self.path / filename
@@ -68,15 +89,7 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root)
 
 
 class ModelRepository:
@@ -116,7 +129,7 @@ class ModelRepository:
         return ModelVersion(name, version, self.root / name / str(version))
 
     def publish(
-        self, name: str, files: dict[str, str | os.PathLike[str]], card: dict[str, Any]
+        self, name: str, files: dict[str, str | os.PathLike[str]], card: Card
     ) -> ModelVersion:
         """Copy `files` (destination name -> source path) and `card` into a new version.
 
@@ -135,14 +148,13 @@ class ModelRepository:
                 # Every number-named folder counts, complete or not: renaming onto one fails.
                 taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
                 version = max(taken, default=0) + 1
-                full_card = {
-                    **card,
+                full_card = card.model_copy(update={
                     "name": name,
                     "version": version,
-                    "created_at": card.get("created_at")
+                    "created_at": card.created_at
                     or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "files": sorted(files),
-                }
+                }).model_dump(mode="json", exclude_none=True)
                 (staging / CARD).write_text(json.dumps(full_card, indent=2, sort_keys=True))
                 _fsync_tree(staging)
                 try:
@@ -151,7 +163,7 @@ class ModelRepository:
                     if (folder / str(version)).exists():
                         continue  # another publisher took this number; take the next
                     raise
-                _fsync_dir(folder)
+                fsync_dir(folder)
                 return ModelVersion(name, version, folder / str(version))
         finally:
             if staging.exists():

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from service.core.ports import free_port
 from service.core.repository import LABELLER
-from training.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SKU = "demo"
@@ -50,6 +50,7 @@ def publish_tiny_generator(models: Path, sku: str = DEMO_SKU, seed: int = 0,
     returns its version."""
     import torch
 
+    from service.core.cards import GeneratorCard
     from service.core.repository import ModelRepository
     from training.export import export_onnx
     from training.networks import Generator
@@ -61,8 +62,8 @@ def publish_tiny_generator(models: Path, sku: str = DEMO_SKU, seed: int = 0,
         parity = export_onnx(generator, path)
         version = ModelRepository(models).publish(
             sku, {"generator.onnx": path, **(files or {})},
-            {"kind": "generator", "generator_args": generator.init_args(),
-             "onnx_parity_max_abs": parity, **(card or {})},
+            GeneratorCard(generator_args=generator.init_args(), onnx_parity_max_abs=parity,
+                          **(card or {})),
         )
     return version.version
 

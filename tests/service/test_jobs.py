@@ -16,7 +16,6 @@ from service.jobs import (
     JobRunner,
     JobStore,
     finetune_command,
-    write_json_atomic,
 )
 from service.security import UploadedFile
 
@@ -66,14 +65,6 @@ def test_cancel_queued_job_and_finished_jobs_stay(tmp_path: Path):
     assert store.cancel(done.id).state == "succeeded"
     assert store.counts() == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0,
                               "cancelled": 1}
-
-
-def test_write_json_atomic_replaces_whole_file(tmp_path: Path):
-    path = tmp_path / "x.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"b": 2})
-    assert json.loads(path.read_text()) == {"b": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_finetune_command_follows_the_cli_contract(tmp_path: Path):

@@ -177,6 +177,7 @@ def test_dashboard_queries_only_live_metrics(server: BoxgenServer, client: httpx
         ("bomb", 413, "images[0]"),
         ("bad_sku", 400, "sku"),
         ("unmatched_label", 422, "labels[0]"),
+        ("short_label_row", 422, "labels[0]"),
         ("not_multipart", 415, "images"),
     ],
 )
@@ -201,6 +202,9 @@ def test_bad_uploads_are_4xx_naming_the_field(
         data = {"sku": "../../etc"}
     elif case == "unmatched_label":
         files = good + [("labels", ("nothing.txt", b"0 0.5 0.5 0.1 0.1\n", "text/plain"))]
+    elif case == "short_label_row":
+        stem = Path(good[0][1][0]).stem
+        files = good + [("labels", (f"{stem}.txt", b"0 0.5 0.5 0.1\n", "text/plain"))]
     elif case == "not_multipart":
         files = None
         data = {"sku": "x", "images": "http://127.0.0.1:9/secret"}
@@ -209,6 +213,8 @@ def test_bad_uploads_are_4xx_naming_the_field(
     answer = response.json()
     named = answer.get("field") or [d["loc"][-1] for d in answer["detail"]]
     assert field in named
+    if case == "short_label_row":
+        assert ".txt:1: expected" in answer["error"]
     jobs = client.get("/jobs").json()["jobs"]
     assert not any(j["sku"] == "bad-upload" for j in jobs)
 

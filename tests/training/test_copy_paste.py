@@ -10,12 +10,12 @@ import yaml
 from PIL import Image
 
 from service.core.datasets import read_image
+from service.core.yolo import read_rows
 from training.copy_paste import (
     cut_out,
     empty_bin,
     paste,
     pixel_boxes,
-    read_yolo_rows,
     turn,
     write_copy_paste,
 )
@@ -31,7 +31,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cut_out_keeps_every_labelled_object(real: Path) -> None:
     image = read_image(real / "images" / "g003_0000.png")
-    rows = read_yolo_rows(real / "labels" / "g003_0000.txt")
+    rows = read_rows(real / "labels" / "g003_0000.txt")
     cutouts = cut_out(image, rows)
     assert [c.cls for c in cutouts] == rows[:, 0].astype(int).tolist()
     for cutout, (x0, y0, x1, y1) in zip(cutouts, pixel_boxes(rows, SIZE[::-1]), strict=True):
@@ -43,7 +43,7 @@ def test_cut_out_keeps_every_labelled_object(real: Path) -> None:
 
 def test_pasted_pixels_lie_exactly_in_their_label_boxes(real: Path) -> None:
     image = read_image(real / "images" / "g003_0001.png")
-    cutouts = cut_out(image, read_yolo_rows(real / "labels" / "g003_0001.txt"))
+    cutouts = cut_out(image, read_rows(real / "labels" / "g003_0001.txt"))
     cutouts = [turn(c, k, mirror=k % 2 == 0) for k, c in enumerate(cutouts)]
     rng = np.random.default_rng(7)
     background = empty_bin(SIZE, rng)
@@ -70,9 +70,9 @@ def test_write_copy_paste_writes_a_yolo_folder(real: Path, tmp_path: Path) -> No
     out = write_copy_paste(real, tmp_path / "cp", n=6, seed=1)
     images = sorted((out / "images").glob("*.png"))
     assert len(images) == 6
-    products = sorted(read_yolo_rows(real / "labels" / "g003_0000.txt")[:, 0].tolist())
+    products = sorted(read_rows(real / "labels" / "g003_0000.txt")[:, 0].tolist())
     for image in images:
-        rows = read_yolo_rows(out / "labels" / f"{image.stem}.txt")
+        rows = read_rows(out / "labels" / f"{image.stem}.txt")
         assert sorted(rows[:, 0].tolist()) == products  # one photo's product set per bin
         assert read_image(image).shape == (*SIZE[::-1], 3)
     names = yaml.safe_load((out / "data.yaml").read_text())["names"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import data_fingerprint, load_images, read_labels
+from service.core.yolo import read_rows
+from training.data import data_fingerprint, load_images
 from training.render import CLASSES, write_corpus
 
 
@@ -141,7 +142,7 @@ def test_bad_labels_and_options(red_rectangle):
 
 def test_polygon_labels_become_boxes(tmp_path):
     (tmp_path / "seg.txt").write_text("2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n")
-    assert np.allclose(read_labels(tmp_path / "seg.txt"), [[2, 0.3, 0.4, 0.4, 0.4]])
+    assert np.allclose(read_rows(tmp_path / "seg.txt"), [[2, 0.3, 0.4, 0.4, 0.4]])
 
 
 def test_fingerprint_follows_content_not_order(corpus, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.core.labeller_session import LabellerSession
-from service.core.selection import category_fractions
+from service.core.selector import category_fractions
 from tests.selection_fixtures import arrangements, models
 from training.evaluate import evaluate_folder, evaluate_generator, fit_selector, selection_score
 

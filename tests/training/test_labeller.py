@@ -1,4 +1,4 @@
-"""Tests for training/labeller.py and training/ultralytics_setup.py: train, publish, evaluate."""
+"""Tests for training/labeller.py and training/ultralytics_setup.py: train and publish."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from service.core.labeller_session import Detections
-from service.core.repository import LABELLER, ModelNotFound
+from service.core.repository import LABELLER
 from tests.labeller_fixtures import (
     FAST_TRAIN_ARGS,
     IMGSZ,
@@ -21,9 +19,7 @@ from tests.labeller_fixtures import (
 from training.labeller import (
     SMALL_IMAGES,
     STANDARD,
-    coco_map,
     corpus_fingerprint,
-    evaluate_labeller,
     recipe_for,
     resolve_recipe,
     split_by_group,
@@ -108,28 +104,6 @@ def test_fingerprint_changes_with_a_label(labeller: TrainedLabeller, tmp_path: P
     label = sorted((copy / "labels").glob("*.txt"))[0]
     label.write_text(label.read_text().replace("0.", "0.1", 1))
     assert corpus_fingerprint(copy) != before
-
-
-def test_evaluate_labeller_agrees_with_card(labeller: TrainedLabeller) -> None:
-    result = evaluate_labeller(labeller.models, labeller.heldout)
-    metrics = labeller.version.card["metrics"]
-    assert result["mAP50"] == pytest.approx(metrics["heldout_mAP50"])
-    assert result["images"] == 8 and result["objects"] > 0
-    assert 0.0 <= result["precision"] <= 1.0 and 0.0 <= result["recall"] <= 1.0
-
-
-def test_coco_map_is_one_for_perfect_and_zero_for_wrong_class() -> None:
-    boxes = np.array([[2, 2, 20, 30], [30, 30, 60, 50]], np.float32)
-    truth = [Detections(boxes, np.array([0, 1]), np.ones(2, np.float32), (64, 64))]
-    perfect = [Detections(boxes, np.array([0, 1]), np.array([0.9, 0.8], np.float32), (64, 64))]
-    wrong = [Detections(boxes, np.array([1, 0]), np.array([0.9, 0.8], np.float32), (64, 64))]
-    assert coco_map(truth, perfect, ["a", "b"]) == pytest.approx((1.0, 1.0))
-    assert coco_map(truth, wrong, ["a", "b"]) == pytest.approx((0.0, 0.0))
-
-
-def test_evaluate_without_labeller_names_the_fix(tmp_path: Path, labeller: TrainedLabeller) -> None:
-    with pytest.raises(ModelNotFound, match="train-labeller"):
-        evaluate_labeller(tmp_path / "models", labeller.heldout)
 
 
 def test_train_labeller_rejects_bad_input(tmp_path: Path) -> None:

@@ -1,24 +1,10 @@
-"""Distribution and novelty metrics, one file each; `METRICS` maps report names to them.
+"""Distribution and novelty metrics, one file each, each exporting `compute(...)`.
 
-Each module exports `compute(...) -> dict[str, float]`:
+Their inputs differ (features, images, distances), so `training.evaluate` calls each by name
+rather than through a registry:
 
 - `kid`: KID on features (`features.image_features`, an offline random CNN).
 - `coverage`: precision, recall, density, coverage on the same features.
-- `novelty`: quantiles of `service.core.selection` novelty and the copy fraction.
+- `novelty`: quantiles of `service.core.novelty` novelty and the copy fraction.
 - `fid`: FID, only with a user-supplied Inception-v3 weights file (no downloads).
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from training.metrics import coverage, fid, kid, novelty
-
-METRICS: dict[str, Callable[..., dict[str, float]]] = {
-    "kid": kid.compute,
-    "coverage": coverage.compute,
-    "novelty": novelty.compute,
-    "fid": fid.compute,
-}
-
-__all__ = ["METRICS", "coverage", "fid", "kid", "novelty"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.loop import pick_device
+from training.devices import pick_device
 
 FEATURES_VERSION = "random-cnn-v1"  # name recorded in reports; change it if the network changes
 INPUT_SIDE = 64  # images are squashed to this square

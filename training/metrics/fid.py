@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.loop import pick_device
+from training.devices import pick_device
 
 
 @functools.cache

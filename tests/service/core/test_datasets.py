@@ -13,7 +13,7 @@ import yaml
 from service.core.datasets import image_files, label_folder, read_image, read_images, write_dataset
 from service.core.labeller_session import Detections
 from tests.labeller_fixtures import TrainedLabeller, tiny_corpus, trained_labeller
-from training.labeller import ground_truth
+from training.labeller_evaluation import ground_truth
 from training.render import CLASSES
 from training.ultralytics_setup import block_downloads, import_ultralytics
 

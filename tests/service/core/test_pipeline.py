@@ -8,7 +8,7 @@ import numpy as np
 
 from service.core.pipeline import ModelCache
 from service.core.repository import ModelRepository
-from service.core.selection import Selector
+from service.core.selector import Selector
 from tests.service.server import publish_tiny_generator
 from training.render import make_group, render_image
 

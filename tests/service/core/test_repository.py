@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from service.core.cards import GeneratorCard, LabellerCard
 from service.core.repository import ModelNotFound, ModelRepository, validate_sku
 
 
@@ -20,13 +21,13 @@ def test_publish_and_resolve(tmp_path):
     repo = ModelRepository(tmp_path / "models")
     assert repo.skus() == [] and repo.versions("a") == []
     src = make_file(tmp_path / "g.onnx")
-    v1 = repo.publish("a", {"generator.onnx": src}, {"iterations": 3})
-    v2 = repo.publish("a", {"generator.onnx": src}, {"iterations": 4})
+    v1 = repo.publish("a", {"generator.onnx": src}, GeneratorCard(iterations=3))
+    v2 = repo.publish("a", {"generator.onnx": src}, GeneratorCard(iterations=4))
     assert (v1.version, v2.version) == (1, 2)
     assert repo.resolve("a").version == 2 and repo.resolve("a", 1).card["iterations"] == 3
     assert repo.resolve("a").file("generator.onnx").read_bytes() == src.read_bytes()
     assert repo.skus() == ["a"]
-    repo.publish("_labeller", {"labeller.onnx": src}, {})
+    repo.publish("_labeller", {"labeller.onnx": src}, LabellerCard(classes=["a"], imgsz=64))
     assert repo.skus() == ["a"] and repo.names() == ["_labeller", "a"]
     with pytest.raises(ModelNotFound, match="no version 9"):
         repo.resolve("a", 9)
@@ -43,7 +44,7 @@ def test_bad_sku_names(bad):
 def test_failed_copy_leaves_nothing(tmp_path):
     repo = ModelRepository(tmp_path)
     with pytest.raises(FileNotFoundError):
-        repo.publish("a", {"generator.onnx": tmp_path / "missing.onnx"}, {})
+        repo.publish("a", {"generator.onnx": tmp_path / "missing.onnx"}, GeneratorCard())
     assert repo.versions("a") == [] and os.listdir(tmp_path / "a") == []
 
 
@@ -52,10 +53,11 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     src = make_file(tmp_path / "g.onnx", 1 << 20)
     child = textwrap.dedent(f"""
         import os, time
+        from service.core.cards import GeneratorCard
         from service.core.repository import ModelRepository
         os.rename = lambda *a: (print("staged", flush=True), time.sleep(60))
         ModelRepository({str(tmp_path / "models")!r}).publish(
-            "a", {{"generator.onnx": {str(src)!r}}}, {{}})
+            "a", {{"generator.onnx": {str(src)!r}}}, GeneratorCard())
     """)
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "staged"
@@ -67,7 +69,7 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     assert repo.versions("a") == [] and repo.skus() == []
     with pytest.raises(ModelNotFound):
         repo.resolve("a")
-    assert repo.publish("a", {"generator.onnx": src}, {}).version == 1
+    assert repo.publish("a", {"generator.onnx": src}, GeneratorCard()).version == 1
 
 
 def test_a_number_folder_without_card_is_skipped_not_looped_on(tmp_path):
@@ -77,4 +79,4 @@ def test_a_number_folder_without_card_is_skipped_not_looped_on(tmp_path):
     (tmp_path / "a" / "3").mkdir(parents=True)
     (tmp_path / "a" / "3" / "generator.onnx").write_bytes(b"partial")
     assert repo.versions("a") == []
-    assert repo.publish("a", {"generator.onnx": src}, {}).version == 4
+    assert repo.publish("a", {"generator.onnx": src}, GeneratorCard()).version == 4

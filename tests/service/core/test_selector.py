@@ -13,7 +13,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from service.core.labeller_session import Detections
-from service.core.selection import QualityCalibration, Selector, category_fractions, sample_selected
+from service.core.quality import QualityCalibration
+from service.core.sampling import sample_selected
+from service.core.selector import Selector, category_fractions
 from training.render import make_group, render_image
 
 GROUP, SIZE = 10, (64, 64)

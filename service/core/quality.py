@@ -1,0 +1,145 @@
+"""Quality of a generated bin image, from the labeller's detections on it.
+
+Quality (0..1) comes from the labeller's detections, compared with its detections on the real
+images: per object, confidence relative to the real images' typical confidence, and box shape
+(long and short side) within the range of boxes of that class on the real images (a product cut
+in half has a box too short on one side); per image, the object count within the real range.
+See `QualityCalibration`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+PARTIAL_BELOW = 0.5  # an object whose shape score is below this looks partial
+SHAPE_TOLERANCE = 0.15  # boxes may be this fraction outside the real range before losing score
+CONF_QUANTILE = 0.1  # reference confidence: this quantile of the real detections' confidences
+
+
+class DetectionsLike(Protocol):
+    """What the selector reads from `service.core.labeller_session.Detections`."""
+
+    boxes: np.ndarray  # [k, 4] x1, y1, x2, y2 pixels
+    cls: np.ndarray  # [k]
+    conf: np.ndarray  # [k]
+
+
+@dataclass(frozen=True)
+class QualityCalibration:
+    """What the labeller sees on the real images; generated images are scored against it.
+
+    conf_ref: the `CONF_QUANTILE` quantile of the real detections' confidences; an object at
+        or above it scores 1, below it proportionally less.
+    class_conf: the same quantile per class name (index as a string), used for objects of
+        that class: the labeller is surer of some products than of others (a small tube
+        among bottles sits near 0.3 on every real photo), and each is held to its own.
+    shapes: per class name (index as a string), the (min, max) of the long and of the short
+        box side on the real images, as fractions of the image's short side. An object of a
+        class never seen on the real images is not shape-checked. Boxes are axis-aligned, so a
+        product's short side grows with its rotation (a bottle at 45° has a nearly square
+        box) and ten photos rarely show every angle: the long side is checked against its
+        range (rotation moves it little; a product cut across its length loses half), the short
+        side only against its minimum (a round can cut in half) and the longest long side.
+    count_range: (min, max) objects per real image; each object fewer costs half the score,
+        each object more a quarter.
+    """
+
+    conf_ref: float = 0.5
+    shapes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    count_range: tuple[int, int] = (1, 1_000)
+    images: int = 0
+    objects: int = 0
+    class_conf: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, detections: Sequence[DetectionsLike],
+            sizes: Sequence[tuple[int, int]]) -> QualityCalibration:
+        """Calibrate on the real images' detections (`sizes`: each image's (H, W))."""
+        confs = np.concatenate([np.asarray(d.conf, np.float64) for d in detections] or [[]])
+        if len(confs) == 0:
+            raise ValueError("the labeller found no objects on any training image, so quality "
+                             "cannot be calibrated; check the labeller and the training images")
+        per_class: dict[str, list[tuple[float, float]]] = {}
+        class_confs: dict[str, list[float]] = {}
+        for det, size in zip(detections, sizes, strict=True):
+            for (c, long, short), conf in zip(_box_sides(det, size), det.conf, strict=True):
+                per_class.setdefault(str(c), []).append((long, short))
+                class_confs.setdefault(str(c), []).append(float(conf))
+        shapes = {
+            c: (float(min(v[0] for v in vs)), float(max(v[0] for v in vs)),
+                float(min(v[1] for v in vs)), float(max(v[1] for v in vs)))
+            for c, vs in sorted(per_class.items())
+        }
+        counts = [len(d.conf) for d in detections]
+        class_conf = {c: float(np.quantile(v, CONF_QUANTILE))
+                      for c, v in sorted(class_confs.items())}
+        return cls(float(np.quantile(confs, CONF_QUANTILE)), shapes,
+                   (int(min(counts)), int(max(counts))), len(detections), int(len(confs)),
+                   class_conf)
+
+    def object_scores(
+        self, det: DetectionsLike, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per object: (confidence score, shape score), each in [0, 1]."""
+        sides = _box_sides(det, size)
+        refs = np.array([self.class_conf.get(str(c), self.conf_ref) for c, _, _ in sides])
+        conf = np.clip(np.asarray(det.conf, np.float64) / np.maximum(refs, 1e-6), 0, 1)
+        shape = np.ones(len(conf))
+        for i, (c, long, short) in enumerate(sides):
+            if str(c) in self.shapes:
+                lo_l, hi_l, lo_s, _ = self.shapes[str(c)]
+                shape[i] = min(_range_score(long, lo_l, hi_l), _range_score(short, lo_s, hi_l))
+        return conf, shape
+
+    def score(self, det: DetectionsLike, size: tuple[int, int]) -> tuple[float, bool, str]:
+        """(quality in [0, 1], looks partial, reason) for one image's detections."""
+        if len(det.conf) == 0:
+            return 0.0, True, "no objects found"
+        conf, shape = self.object_scores(det, size)
+        lo, hi = self.count_range
+        k = len(conf)
+        # Fewer objects than any real image means objects the labeller cannot recognise
+        # (broken or cut): half the score per missing one. An extra one costs a quarter.
+        count = max(0.0, 1 - 0.5 * max(lo - k, 0) - 0.25 * max(k - hi, 0))
+        per_object = conf * shape
+        quality = float(count * per_object.min())
+        worst = int(per_object.argmin())
+        if shape.min() < PARTIAL_BELOW:
+            return quality, True, f"object {int(shape.argmin())} looks partial (box shape)"
+        if count < 1:
+            return quality, False, f"{k} objects, real images have {lo}-{hi}"
+        return quality, False, f"weakest object {worst}: confidence {float(det.conf[worst]):.2f}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QualityCalibration:
+        return cls(float(values["conf_ref"]),
+                   {k: tuple(v) for k, v in values["shapes"].items()},
+                   tuple(values["count_range"]), int(values.get("images", 0)),
+                   int(values.get("objects", 0)),
+                   {k: float(v) for k, v in values.get("class_conf", {}).items()})
+
+
+def _box_sides(det: DetectionsLike, size: tuple[int, int]) -> list[tuple[int, float, float]]:
+    """(class, long side, short side) per box, sides as fractions of the image's short side."""
+    scale = float(min(size))
+    boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return [(int(c), max(a, b) / scale, min(a, b) / scale)
+            for c, a, b in zip(np.asarray(det.cls), w, h, strict=True)]
+
+
+def _range_score(value: float, lo: float, hi: float) -> float:
+    """1 inside [lo, hi] widened by SHAPE_TOLERANCE, falling linearly to 0 one tolerance later."""
+    lo_ok, hi_ok = lo * (1 - SHAPE_TOLERANCE), hi * (1 + SHAPE_TOLERANCE)
+    if value < lo_ok:
+        return max(0.0, 1 - (lo_ok - value) / (lo * SHAPE_TOLERANCE))
+    if value > hi_ok:
+        return max(0.0, 1 - (value - hi_ok) / (hi * SHAPE_TOLERANCE))
+    return 1.0

@@ -1,0 +1,190 @@
+"""Automatic selection of generated bin images: novelty, quality and the thesis' four categories.
+
+The thesis judged generated images by eye as green (new and good), yellow (new, borderline),
+white (partial or broken objects) and red (copies of training images). A `Selector` computes
+these categories from two measurements, both calibrated on the fine-tune's own real images:
+novelty (`service.core.novelty`) and quality (`service.core.quality`).
+
+Categories: red if novelty < 1; else white if an object looks partial, nothing is found, or
+quality < `WHITE_BELOW`; else green if quality >= `GREEN_FROM`; else yellow.
+
+Sampling until enough images pass is `service.core.sampling`. Numpy only: the service
+imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from service.core.novelty import (
+    COPY_FRACTION,
+    FEATURE_SIDE,
+    WORK_SIDE,
+    distances,
+    leave_one_out,
+    novelty_features,
+    shifted_features,
+)
+from service.core.quality import PARTIAL_BELOW, SHAPE_TOLERANCE, DetectionsLike, QualityCalibration
+from service.core.repository import SELECTION_FILE
+
+GREEN_FROM = 0.8  # quality at or above: green (when novel)
+WHITE_BELOW = 0.35  # quality below: white (broken)
+CATEGORIES = ("green", "yellow", "white", "red")
+SelectMode = Literal["green", "yellow", "none"]  # which samples /generate may return
+SELECT_MODES: tuple[str, ...] = get_args(SelectMode)
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One image's verdict.
+
+    novelty: distance to the nearest training image divided by the copy threshold (< 1: copy).
+    nearest: index of that training image. quality: 0..1 from the labeller (1: like the real
+    images). category: green | yellow | white | red. reason: why, in words.
+    """
+
+    novelty: float
+    nearest: int
+    quality: float
+    category: str
+    objects: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Selector:
+    """Scores generated images against the fine-tune's training images."""
+
+    def __init__(self, reference: np.ndarray, copy_threshold: float, loo: np.ndarray,
+                 quality: QualityCalibration | None):
+        self.reference = reference.astype(np.float32)  # [M, 9, D] shifted training features
+        self.copy_threshold = float(copy_threshold)
+        self.loo = np.asarray(loo, np.float32)  # [M] leave-one-out distances (for the card)
+        self.quality = quality
+
+    @classmethod
+    def fit(cls, train_images: np.ndarray | Sequence[np.ndarray],
+            train_detections: Sequence[DetectionsLike] | None = None) -> Selector:
+        """Calibrate on the training images (uint8 [N, H, W, 3], N >= 2) and their detections.
+
+        Without detections, images are scored for novelty only (quality 1, never white).
+        """
+        if len(train_images) < 2:
+            raise ValueError(f"need at least 2 training images to calibrate novelty, got "
+                             f"{len(train_images)}")
+        reference = shifted_features(train_images)
+        loo = leave_one_out(reference)
+        threshold = COPY_FRACTION * float(np.median(loo))
+        if threshold <= 0:
+            raise ValueError("training images contain duplicates only (every image has an exact "
+                             "twin), so no copy threshold can be calibrated")
+        quality = None
+        if train_detections is not None:
+            if len(train_detections) != len(train_images):
+                raise ValueError(f"{len(train_detections)} detections for {len(train_images)} "
+                                 "training images")
+            sizes = [np.asarray(im).shape[:2] for im in train_images]
+            quality = QualityCalibration.fit(train_detections, sizes)
+        return cls(reference, threshold, loo, quality)
+
+    def novelty(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(novelty [N], nearest training index [N]) for uint8 images."""
+        if len(images) == 0:
+            return np.zeros(0), np.zeros(0, np.int64)
+        d = distances(novelty_features(images), self.reference)
+        return d.min(1) / self.copy_threshold, d.argmin(1)
+
+    def score(self, images: np.ndarray | Sequence[np.ndarray],
+              detections: Sequence[DetectionsLike] | None = None) -> list[ImageScore]:
+        """Category and measures for each image; `detections` from the labeller, one per image."""
+        if detections is not None and len(detections) != len(images):
+            raise ValueError(f"{len(detections)} detections for {len(images)} images")
+        novelty, nearest = self.novelty(images)
+        scores = []
+        for i, image in enumerate(images):
+            det = detections[i] if detections is not None else None
+            if self.quality is None or det is None:
+                quality, partial, why = 1.0, False, "quality not measured"
+            else:
+                quality, partial, why = self.quality.score(det, np.asarray(image).shape[:2])
+            if novelty[i] < 1:
+                category, why = "red", f"copy of training image {int(nearest[i])}"
+            elif partial or quality < WHITE_BELOW:
+                category = "white"
+            elif quality >= GREEN_FROM:
+                category = "green"
+            else:
+                category = "yellow"
+            scores.append(ImageScore(round(float(novelty[i]), 4), int(nearest[i]),
+                                     round(quality, 4), category,
+                                     len(det.conf) if det is not None else -1, why))
+        return scores
+
+    def describe(self) -> dict[str, Any]:
+        """Thresholds and how they were calibrated, JSON-able (for cards and reports)."""
+        return {
+            "file": SELECTION_FILE,
+            "novelty": {
+                "feature": f"{WORK_SIDE}px squash, {FEATURE_SIDE}x{FEATURE_SIDE} per-channel "
+                           "standardised, L2 min over +-1px shifts",
+                "copy_threshold": self.copy_threshold,
+                "rule": f"{COPY_FRACTION} x median leave-one-out distance between training "
+                        "images (novelty = distance / threshold; < 1 is a copy)",
+                "train_images": len(self.reference),
+                "leave_one_out": {"min": float(self.loo.min()),
+                                  "median": float(np.median(self.loo)),
+                                  "max": float(self.loo.max())},
+            },
+            "quality": None if self.quality is None else {
+                **self.quality.to_dict(),
+                "rule": f"per object min(conf / conf_ref, 1) x box-shape score (long and short "
+                        f"side within the real range +-{SHAPE_TOLERANCE}); image = count score "
+                        "x weakest object",
+            },
+            "categories": {"red": "novelty < 1",
+                           "white": f"partial object (shape score < {PARTIAL_BELOW}), no "
+                                    f"objects, or quality < {WHITE_BELOW}",
+                           "green": f"quality >= {GREEN_FROM}", "yellow": "otherwise"},
+        }
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write `selection.npz` into `folder`; return the card section describing it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / SELECTION_FILE, reference=self.reference.astype(np.float16),
+                            loo=self.loo)
+        return self.describe()
+
+    @classmethod
+    def load(cls, folder: str | Path, card_section: dict[str, Any]) -> Selector:
+        """The selector `save` wrote into `folder`, with the card section it returned."""
+        path = Path(folder) / card_section.get("file", SELECTION_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(f"selector arrays {path} do not exist")
+        with np.load(path) as arrays:
+            reference, loo = arrays["reference"].astype(np.float32), arrays["loo"]
+        quality = card_section.get("quality")
+        return cls(reference, card_section["novelty"]["copy_threshold"], loo,
+                   QualityCalibration.from_dict(quality) if quality else None)
+
+
+def category_fractions(scores: Sequence[ImageScore]) -> dict[str, float]:
+    """Fraction of images per category, like the thesis' Table 4.1."""
+    n = max(len(scores), 1)
+    return {c: sum(s.category == c for s in scores) / n for c in CATEGORIES}
+
+
+def passes(score: ImageScore, select: str) -> bool:
+    """Whether an image passes `select` (green: green only; yellow: green or yellow; none)."""
+    if select not in SELECT_MODES:
+        raise ValueError(f"select must be one of {', '.join(SELECT_MODES)}, got {select!r}")
+    return select == "none" or score.category == "green" or (
+        select == "yellow" and score.category == "yellow")
