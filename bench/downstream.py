@@ -18,7 +18,7 @@ your own YOLO folders) the same small YOLO (`yolov5n.yaml`, from scratch) trains
 
 Every row trains for the same number of gradient steps (small sets are repeated to
 `epoch_images` per epoch), once per seed (the seed sets the detector's initialisation and the
-data order), and is measured with onnxruntime + pycocotools (`training.labeller.evaluate_onnx`)
+data order), and is measured with onnxruntime + pycocotools (`training.labeller_evaluation`)
 on >= 100 held-out real images of the group. Reported: mean ± standard deviation over seeds of
 mAP50-95 and mAP50, and **gap closed** = (row − a) / (d − a): 0 is no better than the 10
 photos, 1 is as good as 90 more labelled photos. When (d) − (a) < `MIN_ROOM` the bench says it
@@ -45,14 +45,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from service.core.cards import GENERATOR_RECIPES
 from service.core.datasets import first_image_side, image_files
+from service.core.yolo import read_names, write_data_yaml
 from training.copy_paste import write_copy_paste
-from training.labeller import SMALL_IMAGES, LabellerRecipe, corpus_names, evaluate_onnx
+from training.labeller import SMALL_IMAGES, LabellerRecipe
+from training.labeller_evaluation import evaluate_onnx
 
 RESULTS = Path(__file__).parent / "results"
-RECIPES = ("gan",)  # generator recipes a SKU can be fine-tuned with: one (b) and (e) row each
+RECIPES = GENERATOR_RECIPES  # a SKU can be fine-tuned with each: one (b) and (e) row each
 ROWS = ("real", *(f"+{r}" for r in RECIPES), "+copy-paste", "ceiling", *(f"{r}-only"
                                                                       for r in RECIPES))
 MIN_ROOM = 0.05  # (d) − (a) in mAP50-95 under which the bench cannot tell rows apart
@@ -83,13 +84,15 @@ class Settings:
     epochs: int = 20  # (run)
     epoch_images: int = 256  # (run) images per epoch for every row
     batch: int = 16  # (run)
+    imgsz: int | None = None  # (run) the detector's input side; None: the images' (<= 640)
     models: str | None = None  # models dir with `_base` and `_labeller`, for the recipe rows
     finetune_iterations: int | None = None  # None: the product's default (FINETUNE)
     custom: tuple[str, str, str] | None = None  # --photos, --more-real, --test instead
 
-    def run_key(self) -> dict[str, Any]:
+    def run_key(self, imgsz: int) -> dict[str, Any]:
         return {"model_cfg": self.model_cfg, "epochs": self.epochs,
-                "epoch_images": self.epoch_images, "batch": self.batch, "n": self.n}
+                "epoch_images": self.epoch_images, "batch": self.batch, "n": self.n,
+                "imgsz": imgsz}
 
 
 QUICK = Settings(groups=(30,), seeds=(0,), size=(96, 96), heldout=20, ceiling=20, n=20,
@@ -150,7 +153,7 @@ def built_in_group(s: Settings, group: int, work: Path) -> GroupData:
 def custom_group(photos: Path, more_real: Path, test: Path, work: Path) -> GroupData:
     """The user's own YOLO folders; the ceiling is the photos plus the more real ones."""
     for folder in (photos, more_real, test):
-        corpus_names(folder)  # each must be a YOLO folder with class names
+        read_names(folder)  # each must be a YOLO folder with class names
     ceiling = work / "real-ceiling"
     if not (work / "split.done").is_file():
         copy_yolo(image_files(photos / "images"), photos, ceiling, "p_")
@@ -171,8 +174,8 @@ def add_recipe(recipe: str, data: GroupData, n: int, models: Path, work: Path,
                iterations: int | None = None) -> str:
     """Fine-tune `recipe` on the group's photos into a scratch copy of `models`, then write N
     images as `/generate` serves them. Returns a note on how the images were made."""
+    from service.core.pipeline import generate_dataset
     from training.finetune import finetune
-    from training.generate import generate_dataset
 
     out, note_file = work / recipe, work / f"{recipe}.note"
     if note_file.is_file():
@@ -220,10 +223,7 @@ def train_set(parts: list[Path], out: Path, names: list[str], epoch_images: int)
         os.link(f, repeated / "images" / f"{stem}{f.suffix}")
         os.link(unique / "labels" / f"{f.stem}.txt", repeated / "labels" / f"{stem}.txt")
     # Validation (Ultralytics wants some) is the distinct training images: no held-out peeking.
-    spec = {"path": str(out.resolve()), "train": "repeated/images", "val": "unique/images",
-            "names": dict(enumerate(names))}
-    (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return out / "data.yaml"
+    return write_data_yaml(out, names, train="repeated/images", val="unique/images", path=out)
 
 
 def train_and_measure(parts: list[str], test: str, seed: int, imgsz: int, key: dict[str, Any],
@@ -245,7 +245,7 @@ def train_and_measure(parts: list[str], test: str, seed: int, imgsz: int, key: d
 
     LOGGER.setLevel(logging.WARNING)
     run = Path(work)
-    names = corpus_names(Path(test))
+    names = read_names(Path(test))
     data = train_set([Path(p) for p in parts], run / "data", names, key["epoch_images"])
     distinct = len(image_files(run / "data" / "unique" / "images"))
     started = time.monotonic()
@@ -449,7 +449,6 @@ def run(s: Settings, work: Path, out: Path, jobs: int) -> dict[str, Any]:
     if recipes and not s.models:
         raise FileNotFoundError(HOW_TO_GET_MODELS)
     started = time.monotonic()
-    key = s.run_key()
     groups: dict[str, GroupData] = {}
     if s.custom:
         photos, more, test = (Path(p) for p in s.custom)
@@ -464,7 +463,9 @@ def run(s: Settings, work: Path, out: Path, jobs: int) -> dict[str, Any]:
             add_copy_paste(data, s.n, work / data.name)
     first = next(iter(groups.values()))
     ceiling = len(image_files(first.ceiling / "images"))
-    imgsz = DETECTOR.imgsz_for(min(first_image_side(first.photos / "images"), MAX_IMGSZ))
+    imgsz = s.imgsz or DETECTOR.imgsz_for(min(first_image_side(first.photos / "images"),
+                                               MAX_IMGSZ))
+    key = s.run_key(imgsz)
 
     results: dict[str, dict[str, list[dict]]] = {g: {} for g in groups}
     pending: dict[Future, tuple[str, str]] = {}
@@ -533,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--groups", nargs="+", type=int, help="built-in cluttered groups")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--imgsz", type=int, help="detector input side (default: the images')")
     parser.add_argument("--photos", type=Path, help="your 10 photos (YOLO folder)")
     parser.add_argument("--more-real", type=Path, help="more real photos for the ceiling")
     parser.add_argument("--test", type=Path, help="held-out real photos to measure on")
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     s = replace(s, models=str(args.models) if args.models else None,
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in
                    (("rows", args.rows), ("groups", args.groups), ("seeds", args.seeds),
-                    ("epochs", args.epochs)) if v is not None})
+                    ("epochs", args.epochs), ("imgsz", args.imgsz)) if v is not None})
     custom = (args.photos, args.more_real, args.test)
     if any(custom):
         if not all(custom):
