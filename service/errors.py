@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from starlette.responses import JSONResponse
 
 from service.core.pipeline import LabellerMissing, SelectionMissing
-from service.core.repository import ModelNotFound
+from service.core.repository import ModelNotFound, ModelUnreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,6 +55,8 @@ def error_response(exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status)
     if isinstance(exc, LabellerMissing):
         return JSONResponse(error_body(str(exc), None), status_code=503)
+    if isinstance(exc, ModelUnreadable):
+        return JSONResponse(error_body(str(exc), "sku"), status_code=503)
     if isinstance(exc, SelectionMissing):
         return JSONResponse(error_body(str(exc), "select"), status_code=409)
     if isinstance(exc, ModelNotFound):
@@ -63,7 +65,10 @@ def error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), None), status_code=422)  # ValueError
 
 
-CLIENT_ERRORS = (RequestError, ModelNotFound, LabellerMissing, SelectionMissing, ValueError)
+# Not all are the client's fault: a missing labeller or an unreadable model is the server's
+# state (503), but each still gets a JSON answer that says what is wrong.
+CLIENT_ERRORS = (RequestError, ModelNotFound, ModelUnreadable, LabellerMissing,
+                 SelectionMissing, ValueError)
 
 
 def answers_errors(func: F) -> F:

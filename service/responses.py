@@ -17,7 +17,14 @@ from starlette.responses import Response
 from service import metrics
 from service.core.labeller_session import Detections
 from service.core.pipeline import Generated, Pipeline, write_generated
-from service.core.repository import BASE, LABELLER, ModelNotFound, ModelRepository, ModelVersion
+from service.core.repository import (
+    BASE,
+    LABELLER,
+    ModelNotFound,
+    ModelRepository,
+    ModelUnreadable,
+    ModelVersion,
+)
 from service.jobs import Job
 from service.schemas import (
     Box,
@@ -33,7 +40,11 @@ from service.schemas import (
 
 
 def version_info(entry: ModelVersion) -> ModelVersionInfo:
-    card = entry.card
+    """A version and its card; an unreadable card is listed with the reason, not a 500."""
+    try:
+        card = entry.card
+    except ModelUnreadable as e:
+        return ModelVersionInfo(version=entry.version, created_at=None, card={"error": str(e)})
     return ModelVersionInfo(version=entry.version, created_at=card.get("created_at"), card=card)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from service.core.repository import validate_sku
@@ -38,6 +38,8 @@ from service.settings import ServiceSettings, load_api_key
 
 PROTECTED = ("/generate", "/finetune", "/jobs", "/models")
 UPLOAD_PATH = "/finetune"
+GENERATE_PATH = "/generate"
+MAX_GENERATE_BYTES = 64 * 2**10  # a /generate request is a few fields: no reason for more
 FILE_FIELDS = ("images", "labels")
 IMAGE_FORMATS = ("PNG", "JPEG")
 UPLOAD_NAMES_KEY = "boxgen_upload_names"  # scope["state"] key the guard leaves for the method
@@ -95,21 +97,32 @@ class ApiKeyMiddleware:
 
 
 class UploadGuardMiddleware:
-    """Refuse unsafe `/finetune` bodies before BentoML parses (and might fetch) them."""
+    """Refuse unsafe `/finetune` bodies before BentoML parses (and might fetch) them, and
+    `/generate` bodies that are too large or a multipart form that does not parse (BentoML
+    answers those with a 500)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.settings = ServiceSettings.from_env()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != UPLOAD_PATH or scope["method"] != "POST":
+        path = scope.get("path")
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or path not in (UPLOAD_PATH, GENERATE_PATH)):
             return await self.app(scope, receive, send)
         try:
-            body = await self.read_body(scope, receive)
-            names = await self.check_form(scope, body)
+            if path == UPLOAD_PATH:
+                body = await self.read_body(scope, receive, self.settings.max_upload_bytes,
+                                            "images")
+                names = await self.check_form(scope, body)
+                scope.setdefault("state", {})[UPLOAD_NAMES_KEY] = names
+            else:
+                body = await self.read_body(scope, receive, MAX_GENERATE_BYTES, None)
+                if content_type(scope).startswith("multipart/"):
+                    form = await parse_form(scope, body, 16, None)
+                    await form.close()
         except RequestError as exc:
             return await send_json(send, exc.status, error_body(exc.message, exc.field))
-        scope.setdefault("state", {})[UPLOAD_NAMES_KEY] = names
 
         replayed = False
 
@@ -122,9 +135,10 @@ class UploadGuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.settings.max_upload_bytes
-        too_big = RequestError(f"upload larger than {limit} bytes", "images", status=413)
+    async def read_body(self, scope: Scope, receive: Receive, limit: int,
+                        field: str | None) -> bytes:
+        """The whole body; 413 naming `field` past `limit` bytes."""
+        too_big = RequestError(f"request body larger than {limit} bytes", field, status=413)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_big
@@ -143,19 +157,11 @@ class UploadGuardMiddleware:
 
     async def check_form(self, scope: Scope, body: bytes) -> dict[str, list[str]]:
         """Check file fields, counts and sizes; return the uploaded names per file field."""
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-        if not content_type.lower().startswith("multipart/form-data"):
+        if not content_type(scope).startswith("multipart/form-data"):
             raise RequestError("/finetune takes multipart/form-data (files in 'images')",
                                "images", status=415)
-
-        async def once() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
         s = self.settings
-        try:
-            form = await Request(scope, once).form(max_files=s.max_images * 2 + 10)
-        except Exception as exc:  # malformed multipart, too many parts
-            raise RequestError(f"unreadable multipart body: {exc}", "images", 400) from None
+        form = await parse_form(scope, body, s.max_images * 2 + 10, "images")
         names: dict[str, list[str]] = {}
         try:
             for field in FILE_FIELDS:
@@ -180,6 +186,22 @@ class UploadGuardMiddleware:
                 "images",
             )
         return names
+
+
+def content_type(scope: Scope) -> str:
+    return dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
+
+
+async def parse_form(scope: Scope, body: bytes, max_files: int, field: str | None) -> FormData:
+    """The multipart form in `body`; 400 naming `field` when it does not parse."""
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(scope, once).form(max_files=max_files, max_fields=64)
+    except Exception as exc:  # malformed multipart, too many parts
+        raise RequestError(f"unreadable multipart body: {exc}", field, 400) from None
 
 
 @dataclass(frozen=True)

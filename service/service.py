@@ -96,10 +96,12 @@ class Boxgen:
         with self.warm_up_lock:
             self.last_warm_up = time.monotonic()
             try:
-                self.cache.warm_up()
+                broken = self.cache.warm_up()
             except (ModelNotFound, FileNotFoundError, LabellerMissing) as exc:
                 logger.warning("not ready: %s", exc)
                 return False
+            for sku, reason in broken.items():
+                logger.error("SKU %s does not serve: %s", sku, reason)
             metrics.record_models_loaded(self.cache)
             metrics.update_gpu_memory()
             self.ready = True

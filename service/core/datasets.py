@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.core.labeller_session import Detections, LabellerSession
+from service.core.repository import first_line
 from service.core.yolo import write_data_yaml, write_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -63,14 +64,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
             image.load()  # decode now so truncated files fail here, naming the file
             return ImageOps.exif_transpose(image).convert("RGB")
     except Image.DecompressionBombError as err:
-        raise ValueError(f"cannot read image {path}: too large ({_first_line(err)})") from None
+        raise ValueError(f"cannot read image {path}: too large ({first_line(err)})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+        raise ValueError(f"cannot read image {path}: {first_line(err)}") from None
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:

@@ -32,8 +32,11 @@ from service.core.labeller_session import Detections, LabellerSession
 from service.core.repository import (
     GENERATOR_FILE,
     LABELLER,
+    LABELLER_FILE,
+    SELECTION_FILE,
     ModelNotFound,
     ModelRepository,
+    ModelUnreadable,
     ModelVersion,
 )
 from service.core.sampling import sample_selected
@@ -82,7 +85,8 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def load_labeller(self) -> LabellerSession:
-        """The newest published labeller (reloaded when a newer one appears); 503 without one."""
+        """The newest published labeller (reloaded when a newer one appears); LabellerMissing
+        without one, or when it cannot be loaded."""
         try:
             newest = self.repository.resolve(LABELLER)
         except ModelNotFound:
@@ -90,8 +94,12 @@ class ModelCache:
                                   "`boxgen train-labeller`") from None
         with self.lock:
             if self.labeller is None or self.labeller_version != newest.version:
-                self.labeller = LabellerSession.from_repository(self.repository.root,
-                                                                newest.version)
+                try:
+                    self.labeller = LabellerSession.from_repository(self.repository.root,
+                                                                    newest.version)
+                except Exception as e:  # onnxruntime raises several types for a bad file
+                    self.labeller = None
+                    raise LabellerMissing(str(newest.unreadable(LABELLER_FILE, e))) from e
                 self.labeller_version = newest.version
             return self.labeller
 
@@ -111,8 +119,15 @@ class ModelCache:
         return value
 
     def generator(self, entry: ModelVersion) -> GeneratorSession:
-        return self._cached(self.generators, entry,
-                            lambda: GeneratorSession(entry.file(GENERATOR_FILE)))
+        """The version's generator session; ModelUnreadable when its file does not load."""
+
+        def load() -> GeneratorSession:
+            try:
+                return GeneratorSession(entry.file(GENERATOR_FILE))
+            except Exception as e:  # onnxruntime raises several types for a bad file
+                raise entry.unreadable(GENERATOR_FILE, e) from e
+
+        return self._cached(self.generators, entry, load)
 
     def selector(self, entry: ModelVersion) -> Selector:
         """The version's selection (novelty reference, thresholds); SelectionMissing if none.
@@ -125,16 +140,29 @@ class ModelCache:
                     f"model {entry.name} version {entry.version} has no selection data (it was "
                     "published without a labeller in the repository, or by `boxgen export`); "
                     "ask for select=none, or fine-tune it again")
-            return Selector.load(entry.path, card.selection)
+            try:
+                return Selector.load(entry.path, card.selection)
+            except (OSError, ValueError, KeyError) as e:
+                raise entry.unreadable(SELECTION_FILE, e) from e
 
         return self._cached(self.selectors, entry, load)
 
-    def warm_up(self) -> None:
-        """Load the labeller and each SKU's newest generator, and run each once."""
+    def warm_up(self) -> dict[str, str]:
+        """Load the labeller and each SKU's newest generator, and run each once.
+
+        LabellerMissing without a usable labeller. A SKU whose newest version does not load
+        is skipped, so one corrupt copy cannot keep every other SKU from serving; returns
+        those SKUs with the reason (its requests answer the same reason)."""
         labeller = self.load_labeller()
+        broken = {}
         for sku in self.repository.skus():
-            session = self.generator(self.repository.resolve(sku))
+            try:
+                session = self.generator(self.repository.resolve(sku))
+            except ModelUnreadable as e:
+                broken[sku] = str(e)
+                continue
             labeller.label(session.sample(1, seed=0))
+        return broken
 
 
 class Pipeline:

@@ -53,6 +53,16 @@ class ModelNotFound(LookupError):
     """The repository has no such model or version."""
 
 
+class ModelUnreadable(RuntimeError):
+    """A published version's files cannot be read or loaded (a corrupt or cut-short copy):
+    the server's state is at fault, not the request."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line (or its type's name), for one-line messages."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def validate_sku(sku: str) -> str:
     """Return `sku` if it is a safe SKU name, else raise ValueError naming the rule."""
     if not SKU_PATTERN.fullmatch(sku) or ".." in sku:
@@ -73,12 +83,27 @@ class ModelVersion:
 
     @property
     def card(self) -> dict[str, Any]:
-        """The card as stored (JSON)."""
-        return json.loads((self.path / CARD).read_text())
+        """The card as stored (JSON); ModelUnreadable when it is not a JSON object."""
+        try:
+            card = json.loads((self.path / CARD).read_text())
+        except (OSError, ValueError) as e:
+            raise self.unreadable(CARD, e) from None
+        if not isinstance(card, dict):
+            raise self.unreadable(CARD, ValueError("not a JSON object"))
+        return card
 
     def read_card(self, kind: type[C]) -> C:
         """The card as the typed `kind` (GeneratorCard, LabellerCard, BaseCard)."""
-        return kind.model_validate(self.card)
+        try:
+            return kind.model_validate(self.card)
+        except ValueError as e:  # pydantic's ValidationError
+            raise self.unreadable(CARD, e) from None
+
+    def unreadable(self, what: str, error: BaseException) -> ModelUnreadable:
+        """The error that names this version and the file that failed."""
+        return ModelUnreadable(
+            f"model {self.name} version {self.version}: {what} cannot be read "
+            f"({first_line(error)}); publish a good version, or pin another with `version`")
 
     def file(self, filename: str) -> Path:
         return self.path / filename

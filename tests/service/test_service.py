@@ -18,7 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.service.server import DEMO_SKU, BoxgenServer, tiny_repository
+from service.core.cards import GeneratorCard
+from service.core.repository import GENERATOR_FILE, ModelRepository
+from tests.service.server import (
+    DEMO_SKU,
+    BoxgenServer,
+    publish_tiny_generator,
+    tiny_repository,
+)
 
 API_KEY = "test-key-123"
 
@@ -162,6 +169,27 @@ def test_bad_generate_requests_are_4xx_naming_the_field(
     assert field in named
 
 
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=xyz",
+                                          "multipart/form-data"])
+def test_a_json_body_sent_as_multipart_is_a_400_not_a_500(client: httpx.Client,
+                                                          content_type: str):
+    body = b'{"sku": "%s", "n": 1, "select": "none"}' % DEMO_SKU.encode()
+    response = client.post("/generate", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    assert "multipart" in response.json()["error"]
+
+
+def test_generate_takes_form_fields_too_and_refuses_a_huge_body(client: httpx.Client):
+    fields = {"sku": (None, DEMO_SKU), "n": (None, "1"), "select": (None, "none")}
+    response = client.post("/generate", files=fields)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) == 1
+    huge = b'{"sku": "demo"}' + b" " * (10 * 2**20)
+    response = client.post("/generate", content=huge,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+
+
 def test_metrics_move_across_two_workers(server: BoxgenServer, client: httpx.Client):
     before = httpx.get(server.url + "/metrics").text
     calls = 12
@@ -191,3 +219,29 @@ def test_metrics_move_across_two_workers(server: BoxgenServer, client: httpx.Cli
     workers = set(re.findall(r"entry_service:boxgen:(\d+)\].*path=/generate.*status=200",
                              server.log_path.read_text()))
     assert workers == {"1", "2"}
+
+
+def test_a_corrupt_model_keeps_the_others_serving_and_names_its_version(tmp_path: Path):
+    """A cut-short copy (1,000 random bytes as the only version's generator) and a garbage
+    card: the server still gets ready, the other SKU serves, each broken one answers 503
+    naming its version and file. Before, the worker failed at startup and was restarted
+    forever, with every request hanging."""
+    models = tiny_repository(tmp_path / "models")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(1000))
+    ModelRepository(models).publish("broken", {GENERATOR_FILE: garbage}, GeneratorCard())
+    publish_tiny_generator(models, "badcard")
+    (models / "badcard" / "1" / "card.json").write_text("{not json")
+    with BoxgenServer(models, log=tmp_path / "server.log") as server, server.client() as client:
+        ok = client.post("/generate", json={"sku": DEMO_SKU, "n": 1, "select": "none"})
+        assert ok.status_code == 200, ok.text
+        for sku, select, file in (("broken", "none", "generator.onnx"),
+                                  ("badcard", "green", "card.json")):
+            response = client.post("/generate", json={"sku": sku, "n": 1, "select": select})
+            assert response.status_code == 503, response.text
+            answer = response.json()
+            assert answer["field"] == "sku"
+            assert f"model {sku} version 1: {file} cannot be read" in answer["error"]
+        listing = {s["sku"]: s for s in client.get("/models").json()["skus"]}
+        assert "cannot be read" in listing["badcard"]["versions"][0]["card"]["error"]
+        assert DEMO_SKU in listing
