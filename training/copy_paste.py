@@ -23,7 +23,8 @@ from PIL import Image
 
 from service.core.datasets import image_files, read_image
 from service.core.yolo import read_names, read_rows, write_data_yaml, write_rows, xyxy
-from training.render import TIDY_LIGHT, Scene, bin_floor, draw, light
+from training.bins import bin_floor
+from training.render import TIDY_LIGHT, Scene, draw, light
 
 RING = 2  # px of floor around a box that tell its colour
 ALPHA_LOW, ALPHA_HIGH = 10.0, 28.0  # colour distance (0-255) ramp from floor to object

@@ -11,6 +11,7 @@ from PIL import Image
 
 from service.core.datasets import read_image
 from service.core.yolo import read_rows
+from training.bins import bin_floor
 from training.copy_paste import (
     cut_out,
     empty_bin,
@@ -19,7 +20,7 @@ from training.copy_paste import (
     turn,
     write_copy_paste,
 )
-from training.render import CLASSES, bin_floor, write_corpus
+from training.render import CLASSES, write_corpus
 
 SIZE = (64, 64)
 

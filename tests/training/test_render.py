@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from training.bins import bin_floor
 from training.render import (
     CLASSES,
     MIN_VISIBLE,
     arrange,
     arrange_cluttered,
-    bin_floor,
     draw,
     labels_from_masks,
     make_group,
