@@ -155,14 +155,25 @@ class RequestMetricsMiddleware:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         status = 500  # what the client sees if the app fails before answering
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                record_request(endpoint, status, state.get(SKU_STATE_KEY))
 
         async def send_and_count(message):  # noqa: ANN001
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # Count before the last byte leaves: a client that has its answer also sees
+                # it counted (the app may return only later, when the client disconnects).
+                record()
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_count)
         finally:
-            record_request(endpoint, status, state.get(SKU_STATE_KEY))
+            record()

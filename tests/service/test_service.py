@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -200,12 +201,20 @@ def test_metrics_move_across_two_workers(server: BoxgenServer, client: httpx.Cli
 
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(call, range(calls))) == [200] * calls
-    after = httpx.get(server.url + "/metrics").text
 
     def delta(name: str, labels: str = f'sku="{DEMO_SKU}"') -> float:
         return metric_value(after, name, labels) - metric_value(before, name, labels)
 
-    assert delta("boxgen_requests_total", 'endpoint="generate",sku="demo",status="200"') == calls
+    # Each worker writes its own metrics file; a scrape right after the last answer can
+    # miss the other worker's newest write, so scrape until the counts settle (or 10 s).
+    requests = 'endpoint="generate",sku="demo",status="200"'
+    deadline = time.monotonic() + 10
+    while True:
+        after = httpx.get(server.url + "/metrics").text
+        if delta("boxgen_requests_total", requests) >= calls or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert delta("boxgen_requests_total", requests) == calls
     assert delta("boxgen_images_generated_total") == 2 * calls
     assert delta("boxgen_samples_total") == delta("boxgen_samples_selected_total") == 2 * calls
     assert delta("boxgen_generate_latency_seconds_count") == calls
