@@ -44,7 +44,8 @@ from service.core.selector import Selector
 
 
 class LabellerMissing(LookupError):
-    """The repository has no labeller yet: the server's state is at fault, not the request."""
+    """The repository has no labeller, or its newest one does not load: the server's state is
+    at fault, not the request."""
 
 
 class SelectionMissing(LookupError):

@@ -35,7 +35,6 @@ def read_rows(path: str | os.PathLike[str], missing_ok: bool = False) -> np.ndar
 
 def parse_rows(text: str, source: str) -> np.ndarray:
     """YOLO rows [k, 5] of a label file's `text`; ValueError naming `source` and the line."""
-    path = source
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -43,7 +42,7 @@ def parse_rows(text: str, source: str) -> np.ndarray:
         try:
             values = [float(x) for x in line.split()]
         except ValueError:
-            raise ValueError(f"{path}:{n}: not numbers: {line.strip()[:60]!r}") from None
+            raise ValueError(f"{source}:{n}: not numbers: {line.strip()[:60]!r}") from None
         if len(values) == 5:
             row = values
         elif len(values) >= 7 and len(values) % 2 == 1:  # segment: cls x1 y1 x2 y2 ...
@@ -51,9 +50,10 @@ def parse_rows(text: str, source: str) -> np.ndarray:
             row = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2,
                    max(xs) - min(xs), max(ys) - min(ys)]
         else:
-            raise ValueError(f"{path}:{n}: expected 'cls cx cy w h', got {len(values)} values")
+            raise ValueError(f"{source}:{n}: expected 'cls cx cy w h', got {len(values)} values")
         if row[0] < 0 or row[0] != int(row[0]) or not all(0 <= v <= 1 for v in row[1:]):
-            raise ValueError(f"{path}:{n}: class must be an integer >= 0 and box values in [0, 1]")
+            raise ValueError(
+                f"{source}:{n}: class must be an integer >= 0 and box values in [0, 1]")
         rows.append(row)
     return np.array(rows, np.float64).reshape(-1, 5)
 
