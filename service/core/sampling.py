@@ -33,7 +33,7 @@ def round_seed(seed: int | None, round_index: int, entropy: int) -> int:
 
 
 def sample_selected(
-    generate: Callable[[int, int], np.ndarray],
+    generate: Callable[[int, int], np.ndarray | tuple[np.ndarray, list[Any]]],
     label: Callable[[np.ndarray], list[Any]],
     selector: Selector,
     n: int,
@@ -45,8 +45,10 @@ def sample_selected(
 ) -> SelectionResult:
     """Generate, label and score in rounds until `n` images pass `select`, or the budget ends.
 
-    `generate(k, seed)` returns k uint8 NHWC images; `label(images)` one detections object per
-    image. Round r uses `round_seed(seed, r)`, so the same seed gives the same images. Each
+    `generate(k, seed)` returns k uint8 NHWC images, or (images, labels) for images built
+    with labels (compose: one `Detections` each, which are then served, and checked against
+    the labeller's); `label(images)` returns one detections object per image. Round r uses
+    `round_seed(seed, r)`, so the same seed gives the same images. Each
     round asks for what is missing divided by the pass rate seen so far (+20 %), at most
     `max_batch`; at most `max_tries` images (default 20 × n) are generated. With `distinct`,
     an image within the copy threshold of one already accepted is rejected too (a collapsed
@@ -70,13 +72,17 @@ def sample_selected(
         rate = len(kept_images) / tried if tried else 1.0
         want = missing if select == "none" else math.ceil(1.2 * missing / max(rate, 0.05))
         k = max(1, min(want, max_batch, budget - tried))
-        images = np.asarray(generate(k, round_seed(seed, round_index, entropy)))
+        batch = generate(k, round_seed(seed, round_index, entropy))
+        images, built = batch if isinstance(batch, tuple) else (batch, None)
+        images = np.asarray(images)
         round_index += 1
         tried += len(images)
         if len(images) == 0:
             break
         detections = label(images)
-        scores = selector.score(images, detections)
+        scores = selector.score(images, detections,
+                                None if built is None else [b.boxes for b in built])
+        served = detections if built is None else built
         features = novelty_features(images) if distinct and select != "none" else None
         for i, score in enumerate(scores):
             if len(kept_images) == n or not passes(score, select):
@@ -86,7 +92,7 @@ def sample_selected(
                 if distances(features[i : i + 1], kept).min() < selector.copy_threshold:
                     continue  # a repeat of an image already selected
             kept_images.append(images[i])
-            kept_det.append(detections[i])
+            kept_det.append(served[i])
             kept_scores.append(score)
             if features is not None:
                 kept_features.append(features[i])

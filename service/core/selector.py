@@ -5,8 +5,14 @@ white (partial or broken objects) and red (copies of training images). A `Select
 these categories from two measurements, both calibrated on the fine-tune's own real images:
 novelty (`service.core.novelty`) and quality (`service.core.quality`).
 
-Categories: red if novelty < 1; else white if an object looks partial, nothing is found, or
-quality < `WHITE_BELOW`; else green if quality >= `GREEN_FROM`; else yellow.
+Two more measurements, also calibrated on the real images, make an image white: fidelity
+(`service.core.fidelity`: smeared, checkered or seamed images, whatever made them), and, for an
+image built with labels (the compose recipe), label agreement (`service.core.agreement`: the
+labeller must find what the labels say).
+
+Categories: red if novelty < 1; else white if an object looks partial, nothing is found,
+quality < `WHITE_BELOW`, fidelity < `FIDELITY_WHITE_BELOW` or the labels disagree; else green
+if quality >= `GREEN_FROM`; else yellow.
 
 Sampling until enough images pass is `service.core.sampling`. Numpy only: the service
 imports it.
@@ -21,6 +27,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from service.core.agreement import agreement, calibrate
+from service.core.fidelity import FIDELITY_WHITE_BELOW, FidelityCalibration
 from service.core.novelty import (
     COPY_FRACTION,
     FEATURE_SIDE,
@@ -55,6 +63,8 @@ class ImageScore:
     category: str
     objects: int
     reason: str
+    fidelity: float | None = None  # 0..1, 1: as sharp and clean as the real images
+    agreement: float | None = None  # F1 of the labeller's boxes against the image's labels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,18 +74,24 @@ class Selector:
     """Scores generated images against the fine-tune's training images."""
 
     def __init__(self, reference: np.ndarray, copy_threshold: float, loo: np.ndarray,
-                 quality: QualityCalibration | None):
+                 quality: QualityCalibration | None,
+                 fidelity: FidelityCalibration | None = None,
+                 agreement_min: float | None = None):
         self.reference = reference.astype(np.float32)  # [M, 9, D] shifted training features
         self.copy_threshold = float(copy_threshold)
         self.loo = np.asarray(loo, np.float32)  # [M] leave-one-out distances (for the card)
         self.quality = quality
+        self.fidelity = fidelity  # None: selections published before fidelity existed
+        self.agreement_min = agreement_min  # None: calibrated without the photos' labels
 
     @classmethod
     def fit(cls, train_images: np.ndarray | Sequence[np.ndarray],
-            train_detections: Sequence[DetectionsLike] | None = None) -> Selector:
-        """Calibrate on the training images (uint8 [N, H, W, 3], N >= 2) and their detections.
+            train_detections: Sequence[DetectionsLike] | None = None,
+            train_labels: Sequence[np.ndarray] | None = None) -> Selector:
+        """Calibrate on the training images (uint8 [N, H, W, 3], N >= 2), the labeller's
+        detections on them and their labels (pixel boxes x1 y1 x2 y2 [k, 4] per image).
 
-        Without detections, images are scored for novelty only (quality 1, never white).
+        Without detections, quality is not measured (1); without labels, agreement is not.
         """
         if len(train_images) < 2:
             raise ValueError(f"need at least 2 training images to calibrate novelty, got "
@@ -93,7 +109,11 @@ class Selector:
                                  "training images")
             sizes = [np.asarray(im).shape[:2] for im in train_images]
             quality = QualityCalibration.fit(train_detections, sizes)
-        return cls(reference, threshold, loo, quality)
+        agreement_min = None
+        if train_detections is not None and train_labels is not None:
+            agreement_min = calibrate(train_labels, [d.boxes for d in train_detections])
+        return cls(reference, threshold, loo, quality, FidelityCalibration.fit(train_images),
+                   agreement_min)
 
     def novelty(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(novelty [N], nearest training index [N]) for uint8 images."""
@@ -103,11 +123,16 @@ class Selector:
         return d.min(1) / self.copy_threshold, d.argmin(1)
 
     def score(self, images: np.ndarray | Sequence[np.ndarray],
-              detections: Sequence[DetectionsLike] | None = None) -> list[ImageScore]:
-        """Category and measures for each image; `detections` from the labeller, one per image."""
-        if detections is not None and len(detections) != len(images):
-            raise ValueError(f"{len(detections)} detections for {len(images)} images")
+              detections: Sequence[DetectionsLike] | None = None,
+              labels: Sequence[np.ndarray] | None = None) -> list[ImageScore]:
+        """Category and measures for each image; `detections` from the labeller and `labels`
+        (pixel boxes the image was built with, compose only), one per image."""
+        for given, name in ((detections, "detections"), (labels, "labels")):
+            if given is not None and len(given) != len(images):
+                raise ValueError(f"{len(given)} {name} for {len(images)} images")
         novelty, nearest = self.novelty(images)
+        fidelity = self.fidelity.score(images) if self.fidelity is not None and len(images) \
+            else [None] * len(images)
         scores = []
         for i, image in enumerate(images):
             det = detections[i] if detections is not None else None
@@ -115,17 +140,27 @@ class Selector:
                 quality, partial, why = 1.0, False, "quality not measured"
             else:
                 quality, partial, why = self.quality.score(det, np.asarray(image).shape[:2])
+            agrees = None
+            if labels is not None and det is not None and self.agreement_min is not None:
+                agrees = agreement(labels[i], det.boxes)
             if novelty[i] < 1:
                 category, why = "red", f"copy of training image {int(nearest[i])}"
+            elif fidelity[i] is not None and fidelity[i] < FIDELITY_WHITE_BELOW:
+                category, why = "white", f"fidelity {fidelity[i]:.2f}: smeared or artefacts"
+            elif agrees is not None and agrees < self.agreement_min:
+                category = "white"
+                why = f"labeller disagrees with the labels (F1 {agrees:.2f})"
             elif partial or quality < WHITE_BELOW:
                 category = "white"
             elif quality >= GREEN_FROM:
                 category = "green"
             else:
                 category = "yellow"
-            scores.append(ImageScore(round(float(novelty[i]), 4), int(nearest[i]),
-                                     round(quality, 4), category,
-                                     len(det.conf) if det is not None else -1, why))
+            scores.append(ImageScore(
+                round(float(novelty[i]), 4), int(nearest[i]), round(quality, 4), category,
+                len(det.conf) if det is not None else -1, why,
+                None if fidelity[i] is None else round(float(fidelity[i]), 4),
+                None if agrees is None else round(agrees, 4)))
         return scores
 
     def describe(self) -> dict[str, Any]:
@@ -149,8 +184,15 @@ class Selector:
                         f"side within the real range +-{SHAPE_TOLERANCE}); image = count score "
                         "x weakest object",
             },
+            "fidelity": None if self.fidelity is None else {
+                **self.fidelity.to_dict(), "white_below": FIDELITY_WHITE_BELOW},
+            "agreement": None if self.agreement_min is None else {
+                "min_f1": self.agreement_min,
+                "rule": "F1 of the labeller's boxes against the image's labels (IoU >= 0.5, "
+                        "class ignored) >= the photos' lowest - 0.1"},
             "categories": {"red": "novelty < 1",
-                           "white": f"partial object (shape score < {PARTIAL_BELOW}), no "
+                           "white": f"fidelity < {FIDELITY_WHITE_BELOW}, labels disagree, "
+                                    f"partial object (shape score < {PARTIAL_BELOW}), no "
                                     f"objects, or quality < {WHITE_BELOW}",
                            "green": f"quality >= {GREEN_FROM}", "yellow": "otherwise"},
         }
@@ -171,9 +213,14 @@ class Selector:
             raise FileNotFoundError(f"selector arrays {path} do not exist")
         with np.load(path) as arrays:
             reference, loo = arrays["reference"].astype(np.float32), arrays["loo"]
-        quality = card_section.get("quality")
+        quality, fidelity = card_section.get("quality"), card_section.get("fidelity")
+        agreement_min = (card_section.get("agreement") or {}).get("min_f1")
         return cls(reference, card_section["novelty"]["copy_threshold"], loo,
-                   QualityCalibration.from_dict(quality) if quality else None)
+                   QualityCalibration.from_dict(quality) if quality else None,
+                   FidelityCalibration.from_dict(
+                       {k: v for k, v in fidelity.items() if k != "white_below"})
+                   if fidelity else None,
+                   agreement_min)
 
 
 def category_fractions(scores: Sequence[ImageScore]) -> dict[str, float]:

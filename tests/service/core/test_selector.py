@@ -203,3 +203,35 @@ def test_user_errors_are_value_errors(train, selector):
         Selector.fit(train[0][:1])
     with pytest.raises(ValueError, match="expected uint8"):
         selector.novelty(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_smeared_images_are_white_whatever_the_labeller_says(train, selector):
+    """Fidelity: a blurred new arrangement keeps its boxes (quality stays high) but is white."""
+    pairs = [render(i) for i in range(20, 30)]
+    sharp = np.stack([p[0] for p in pairs])
+    smeared = np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(1.0)))
+                        for im in sharp])
+    detections = [p[1] for p in pairs]
+    blurred_scores = selector.score(smeared, detections)
+    assert all(s.category == "white" and "fidelity" in s.reason for s in blurred_scores)
+    assert all(s.quality > 0.8 for s in blurred_scores)
+    sharp_scores = selector.score(sharp, detections)
+    assert sum(s.fidelity >= 0.5 for s in sharp_scores) >= 9
+    assert category_fractions(sharp_scores)["green"] >= 0.8
+
+
+def test_labels_the_labeller_disagrees_with_are_white(train, tmp_path):
+    images, detections = train
+    selector = Selector.fit(images, detections, [d.boxes for d in detections])
+    assert selector.agreement_min == pytest.approx(0.9)  # every photo agrees: 1 - 0.1
+    image, det = render(40)
+    lost = Detections(det.boxes[1:], det.cls[1:], det.conf[1:], det.shape)
+    agree, disagree = selector.score(np.stack([image, image]), [det, lost],
+                                     [det.boxes, det.boxes])
+    assert agree.agreement == 1.0 and agree.category == "green"
+    assert disagree.category == "white" and "disagrees" in disagree.reason
+    section = json.loads(json.dumps(selector.save(tmp_path)))
+    loaded = Selector.load(tmp_path, section)
+    assert loaded.agreement_min == selector.agreement_min
+    fresh = [new for new, _ in (render(i) for i in range(50, 53))]
+    assert [s.fidelity for s in loaded.score(fresh)] == [s.fidelity for s in selector.score(fresh)]
