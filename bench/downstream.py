@@ -8,10 +8,11 @@ For each product group (built-in cluttered bins that neither the base nor the la
 your own YOLO folders) the same small YOLO (`yolov5n.yaml`, from scratch) trains on
 
     (a) the 10 real photos alone,
-    (b) the 10 photos + N generated images, one row per generator recipe (`RECIPES`): the recipe
-        is fine-tuned on the 10 photos from `--models`' base and labeller, exactly as
-        `boxgen finetune` does, and its images are those `/generate` serves (`select=green`);
-        when selection passes fewer than N/2, its raw samples are used and the row says so,
+    (b) the 10 photos + N generated images, one row per generator (`RECIPES`: compose, compose
+        without its refiner, gan): each is fine-tuned on the 10 photos from `--models`' base
+        and labeller, exactly as `boxgen finetune` does, and its images are those `/generate`
+        serves (`select=green`, 256 px); when selection passes fewer than N/2, its raw samples
+        are used and the row says so,
     (c) the 10 photos + N copy-paste images (`training.copy_paste`, the cheap baseline),
     (d) 100 real photos, the 10 + 90 more arrangements: the ceiling,
     (e) the N generated images alone, no real photo: do they carry the product on their own?
@@ -45,7 +46,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from service.core.cards import GENERATOR_RECIPES
 from service.core.datasets import first_image_side, image_files
 from service.core.yolo import read_names, write_data_yaml
 from training.copy_paste import write_copy_paste
@@ -53,7 +53,13 @@ from training.labeller import SMALL_IMAGES, LabellerRecipe
 from training.labeller_evaluation import evaluate_onnx
 
 RESULTS = Path(__file__).parent / "results"
-RECIPES = GENERATOR_RECIPES  # a SKU can be fine-tuned with each: one (b) and (e) row each
+# The generators a SKU can be fine-tuned with (`boxgen finetune` arguments): one (b) and (e)
+# row each. compose-raw is compose without its refiner: the refiner stays on only if it wins.
+RECIPES: dict[str, dict[str, Any]] = {
+    "compose": {"recipe": "compose"},
+    "compose-raw": {"recipe": "compose", "refine": False},
+    "gan": {"recipe": "gan"},
+}
 ROWS = ("real", *(f"+{r}" for r in RECIPES), "+copy-paste", "ceiling", *(f"{r}-only"
                                                                       for r in RECIPES))
 MIN_ROOM = 0.05  # (d) − (a) in mAP50-95 under which the bench cannot tell rows apart
@@ -183,7 +189,7 @@ def add_recipe(recipe: str, data: GroupData, n: int, models: Path, work: Path,
     out, note_file = work / recipe, work / f"{recipe}.note"
     if note_file.is_file():
         return note_file.read_text()
-    if recipe != "gan":
+    if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     scratch = work / f"{recipe}-models"
     if not scratch.is_dir():  # the base and the labeller only: the SKU is ours alone
@@ -194,7 +200,7 @@ def add_recipe(recipe: str, data: GroupData, n: int, models: Path, work: Path,
     sku = f"bench-{data.name}"
     if not (scratch / sku).is_dir():
         finetune(sku, data.photos, scratch, out=work / f"{recipe}-run", progress=False,
-                 labels=data.photos / "labels",
+                 labels=data.photos / "labels", **RECIPES[recipe],
                  overrides=None if iterations is None else {"iterations": iterations})
     shutil.rmtree(out, ignore_errors=True)
     result = generate_dataset(sku, n, out, scratch, seed=0, select="green")

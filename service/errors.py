@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse
 
-from service.core.pipeline import LabellerMissing, SelectionMissing
+from service.core.pipeline import LabellerMissing, SelectionMissing, SizeUnsupported
 from service.core.repository import ModelNotFound, ModelUnreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +59,8 @@ def error_response(exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "sku"), status_code=503)
     if isinstance(exc, SelectionMissing):
         return JSONResponse(error_body(str(exc), "select"), status_code=409)
+    if isinstance(exc, SizeUnsupported):
+        return JSONResponse(error_body(str(exc), "size"), status_code=422)
     if isinstance(exc, ModelNotFound):
         field = "version" if "has no version" in str(exc) else "sku"
         return JSONResponse(error_body(str(exc), field), status_code=404)

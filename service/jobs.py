@@ -42,7 +42,7 @@ from typing import Any, Literal, get_args
 
 from service import metrics
 from service.core.atomic import read_json, write_json_atomic
-from service.core.cards import STATUS_FILE, FinetuneStatus
+from service.core.cards import DEFAULT_RECIPE, STATUS_FILE, FinetuneStatus
 from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
 from service.security import UploadedFile
 
@@ -70,6 +70,8 @@ class Job:
     images: int
     labels: int = 0
     iterations: int | None = None  # None: the fine-tune's default
+    recipe: str = "gan"  # jobs stored before recipes existed were gan fine-tunes
+    empty: str | None = None  # the uploaded empty-bin photo's file name, under empty/
     started_at: float | None = None
     finished_at: float | None = None
     version: int | None = None  # published on success
@@ -104,14 +106,17 @@ class JobStore:
         return self.root / job_id
 
     def create(self, sku: str, images: list[UploadedFile], labels: list[UploadedFile],
-               iterations: int | None) -> Job:
+               iterations: int | None, recipe: str = DEFAULT_RECIPE,
+               empty: UploadedFile | None = None) -> Job:
         """Store the uploads and a queued record; the job becomes visible only when complete."""
         self.root.mkdir(parents=True, exist_ok=True)
         job = Job(id=uuid.uuid4().hex, sku=sku, state="queued", created_at=time.time(),
-                  images=len(images), labels=len(labels), iterations=iterations)
+                  images=len(images), labels=len(labels), iterations=iterations, recipe=recipe,
+                  empty=empty.name if empty is not None else None)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            for sub, files in (("images", images), ("labels", labels)):
+            uploads = (("images", images), ("labels", labels), ("empty", [empty] if empty else []))
+            for sub, files in uploads:
                 if files:
                     (staging / sub).mkdir()
                 for upload in files:
@@ -186,7 +191,10 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
         "--models", str(store.models),
         "--out", str(folder / "run"),
         "--status-file", str(folder / STATUS_FILE),
+        "--recipe", job.recipe,
     ]
+    if job.empty is not None:
+        command += ["--empty", str(folder / "empty" / job.empty)]
     if job.labels:
         command += ["--labels", str(folder / "labels")]
     if job.iterations is not None:

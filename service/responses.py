@@ -129,7 +129,7 @@ def answer(pipeline: Pipeline, request: GenerateRequest) -> GenerateResponse | R
     """Generate, encode as JSON or a zip archive, and record the request's metrics."""
     start = time.perf_counter()
     result = pipeline.generate(request.sku, request.n, request.seed, request.version,
-                               request.select)
+                               request.select, request.size)
     version_header = {"X-Boxgen-Model-Version": str(result.version)}
     if request.format == "zip":
         body: GenerateResponse | Response = Response(

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
+from service.core.cards import Recipe
+from service.core.compose import MAX_SIZE
 from service.core.repository import SKU_PATTERN
 from service.core.selector import SelectMode
 from service.jobs import JobState
@@ -36,6 +38,10 @@ class GenerateRequest(BaseModel):
         description="green: only novel, good images; yellow: also novel, borderline ones; "
         "none: raw samples, unscored.",
     )
+    size: int | None = Field(
+        None, ge=16, le=MAX_SIZE,
+        description=f"Long side of the images in pixels (compose SKUs: default 256, at most "
+        f"{MAX_SIZE}; a gan SKU makes its own resolution only).")
     format: Format = Field(
         "json",
         description="json: base64 PNGs with boxes and scores; zip: a YOLO + COCO dataset "
@@ -46,9 +52,11 @@ class GenerateRequest(BaseModel):
 class Box(BaseModel):
     """One labelled object, YOLO style: centre and size normalised to the image."""
 
-    class_id: int = Field(ge=0, description="Labeller class index.")
-    class_name: str = Field(description="Labeller class name.")
-    confidence: float = Field(ge=0, le=1, description="Labeller confidence.")
+    class_id: int = Field(ge=0, description="Class index: the photos' (compose) or the "
+                          "labeller's (gan).")
+    class_name: str = Field(description="Class name.")
+    confidence: float = Field(ge=0, le=1, description="1 for labels by construction (compose); "
+                              "the labeller's confidence (gan).")
     cx: float = Field(description="Box centre x / image width.")
     cy: float = Field(description="Box centre y / image height.")
     w: float = Field(description="Box width / image width.")
@@ -59,7 +67,8 @@ class GeneratedImage(BaseModel):
     png_base64: str = Field(description="The image, PNG, base64-encoded.")
     width: int
     height: int
-    boxes: list[Box] = Field(description="Objects the labeller found.")
+    boxes: list[Box] = Field(description="The objects: visible-part boxes by construction "
+                             "(compose), or what the labeller found (gan).")
     category: str | None = Field(
         None, description="Selection category: green, yellow, white or red (None when "
         "select=none).")
@@ -68,6 +77,10 @@ class GeneratedImage(BaseModel):
         "(above 1: novel); None when select=none.")
     quality: float | None = Field(
         None, description="Labeller-based quality in [0, 1]; None when select=none.")
+    fidelity: float | None = Field(
+        None, description="Sharpness and cleanliness against the photos in [0, 1].")
+    agreement: float | None = Field(
+        None, description="Compose: F1 of the labeller's boxes against the labels.")
     reason: str | None = Field(None, description="Why the image got its category.")
 
 
@@ -94,7 +107,12 @@ FinetuneSku = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, i
                         SKU_FIELD]
 FinetuneIterations = Annotated[int | None, Field(
     ge=1, le=SETTINGS.max_iterations,
-    description="Fine-tune generator iterations (default: the fine-tune profile's).")]
+    description="Training steps: the refiner's (compose) or the generator's (gan); default "
+    "the recipe's profile.")]
+FinetuneRecipe = Annotated[Recipe, Field(
+    description="compose: new arrangements of the photos' own products, refined (default); "
+    "gan: the thesis' WGAN-GP fine-tune.")]
+
 
 
 class FinetuneAccepted(BaseModel):

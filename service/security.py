@@ -40,7 +40,7 @@ PROTECTED = ("/generate", "/finetune", "/jobs", "/models")
 UPLOAD_PATH = "/finetune"
 GENERATE_PATH = "/generate"
 MAX_GENERATE_BYTES = 64 * 2**10  # a /generate request is a few fields: no reason for more
-FILE_FIELDS = ("images", "labels")
+FILE_FIELDS = ("images", "labels", "empty")
 IMAGE_FORMATS = ("PNG", "JPEG")
 UPLOAD_NAMES_KEY = "boxgen_upload_names"  # scope["state"] key the guard leaves for the method
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -179,6 +179,8 @@ class UploadGuardMiddleware:
                 names[field] = [v.filename or "" for v in values]
         finally:
             await form.close()
+        if len(names["empty"]) > 1:
+            raise RequestError("upload at most one photo of the empty bin", "empty")
         count = len(names["images"])
         if not s.min_images <= count <= s.max_images:
             raise RequestError(
@@ -275,6 +277,13 @@ def checked_sku(sku: str) -> str:
         return validate_sku(sku)
     except ValueError as exc:
         raise RequestError(str(exc), "sku") from None
+
+
+def checked_empty(empty: Path, names: dict[str, list[str]], settings: ServiceSettings
+                  ) -> UploadedFile:
+    """Check a /finetune upload's optional photo of the empty bin."""
+    name = safe_names(names.get("empty", []), [empty], "empty")
+    return checked_images([empty], name, settings.max_pixels)[0]
 
 
 def checked_uploads(

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from service import metrics
+from service.core.cards import DEFAULT_RECIPE
 from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
 from service.core.repository import BASE, ModelNotFound, ModelRepository
 from service.errors import RequestError, answers_errors, error_body, error_response
@@ -34,6 +35,7 @@ from service.responses import answer, job_status, models_overview
 from service.schemas import (
     FinetuneAccepted,
     FinetuneIterations,
+    FinetuneRecipe,
     FinetuneSku,
     GenerateRequest,
     GenerateResponse,
@@ -45,6 +47,7 @@ from service.security import (
     UPLOAD_NAMES_KEY,
     ApiKeyMiddleware,
     UploadGuardMiddleware,
+    checked_empty,
     checked_sku,
     checked_uploads,
 )
@@ -130,8 +133,11 @@ class Boxgen:
     @answers_errors
     def finetune(self, ctx: bentoml.Context, sku: FinetuneSku, images: list[Path],
                  labels: list[Path] = Field(default_factory=list),  # noqa: B008
-                 iterations: FinetuneIterations = None) -> FinetuneAccepted:
-        """Fine-tune `sku` on uploaded photos (YOLO label files optional, matched by name).
+                 iterations: FinetuneIterations = None,
+                 recipe: FinetuneRecipe = DEFAULT_RECIPE,
+                 empty: Path | None = None) -> FinetuneAccepted:
+        """Fine-tune `sku` on uploaded photos (YOLO label files optional, matched by name;
+        compose also takes an optional photo of the empty bin as `empty`).
 
         Answers at once; poll GET /jobs/{job_id}. The new version serves when it succeeds.
         """
@@ -139,11 +145,12 @@ class Boxgen:
         checked_sku(sku)
         names = getattr(ctx.request.state, UPLOAD_NAMES_KEY, {})
         uploads, label_files = checked_uploads(images, labels, names, self.settings)
+        empty_file = checked_empty(empty, names, self.settings) if empty is not None else None
         if not self.repository.versions(BASE):
             raise RequestError("no pretrained base in the model repository; publish one with "
                                "`boxgen pretrain --models DIR`", "sku", status=409)
         job = self.jobs.create(sku, uploads, label_files, iterations or
-                               self.settings.default_iterations)
+                               self.settings.default_iterations, recipe, empty_file)
         return FinetuneAccepted(job_id=job.id, state=job.state)
 
     @jobs_api.get("/jobs", response_model=JobList)

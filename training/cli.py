@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from service.core.cards import GeneratorCard, LabellerCard
+from service.core.cards import DEFAULT_RECIPE, GENERATOR_RECIPES, GeneratorCard, LabellerCard
+from service.core.compose import MAX_SIZE
 from service.core.repository import ModelNotFound
 from service.core.selector import SELECT_MODES
 from training.render import SCENES
@@ -111,6 +112,12 @@ def demo_data(
     help="Override a config field, e.g. --set batch_size=16.",
 )
 @click.option("--models", type=DIR, help="Also publish the result as the fine-tune base here.")
+@click.option(
+    "--refiner-steps",
+    type=click.IntRange(0),
+    help="Steps of the compose recipe's base refiner, pretrained on the corpus (default: "
+    "its profile's; 0: none, compose fine-tunes then start from the identity).",
+)
 def pretrain(
     data: Path,
     out: Path,
@@ -118,16 +125,26 @@ def pretrain(
     iterations: int | None,
     overrides: tuple[str, ...],
     models: Path | None,
+    refiner_steps: int | None,
 ):
-    """Pretrain the generator and critic on a corpus of bin images."""
+    """Pretrain the generator and critic, and the compose refiner, on a corpus of bin images."""
+    from training.compose_recipe import pretrain_refiner
     from training.pretrain import pretrain as run_pretrain
     from training.pretrain import publish_pretrained
+    from training.refiner import refiner_profile
 
     cfg = build_config(profile_name, iterations, overrides)
     run = run_pretrain(cfg, data, out)
     click.echo(f"pretrained {run.step} iterations in {out}")
+    refiner = None
+    if refiner_steps != 0:
+        refiner_cfg = refiner_profile("default")
+        if refiner_steps is not None:
+            refiner_cfg = refiner_cfg.replace(steps=refiner_steps)
+        refiner = pretrain_refiner(data, out / "refiner", refiner_cfg)
+        click.echo(f"pretrained the refiner {refiner['step']} steps in {out / 'refiner'}")
     if models is not None:
-        version = publish_pretrained(out, models)
+        version = publish_pretrained(out, models, refiner)
         click.echo(f"published base {version.name}/{version.version} to {models}")
 
 
@@ -165,6 +182,25 @@ def pretrain(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write progress JSON here (used by the service's job runner).",
 )
+@click.option(
+    "--recipe",
+    type=click.Choice(GENERATOR_RECIPES),
+    default=DEFAULT_RECIPE,
+    show_default=True,
+    help="compose: new arrangements of the photos' own products, refined by a per-SKU "
+    "network; gan: the thesis' WGAN-GP fine-tune.",
+)
+@click.option(
+    "--empty",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="compose: a photo of the empty bin (default: estimated from the photos).",
+)
+@click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="compose: train the refiner (--no-refine serves the plain composites).",
+)
 def finetune(
     images: Path,
     labels: Path | None,
@@ -176,8 +212,14 @@ def finetune(
     out: Path | None,
     overrides: tuple[str, ...],
     status_file: Path | None,
+    recipe: str,
+    empty: Path | None,
+    refine: bool,
 ):
-    """Fine-tune the pretrained base on a new SKU's photos, then export and publish it."""
+    """Make a new SKU's model from its photos (compose or gan), then publish it.
+
+    --images takes a YOLO folder (its labels are used) or plain images (the labeller finds
+    the products, for compose)."""
     from training.config import parse_overrides
     from training.finetune import finetune as run_finetune
 
@@ -188,7 +230,7 @@ def finetune(
         changes["freeze_critic_blocks"] = freeze_critic_blocks
     version = run_finetune(
         sku, images, models, out=out, base=base, overrides=changes, status_file=status_file,
-        labels=labels,
+        labels=labels, recipe=recipe, empty=empty, refine=refine,
     )
     click.echo(f"published {sku} version {version.version} to {models}")
 
@@ -221,6 +263,11 @@ SELECT = click.Choice(SELECT_MODES)
 @click.option("--seed", type=int, help="Same seed, same images.")
 @click.option("--version", type=click.IntRange(1), help="Pin a model version (default newest).")
 @click.option(
+    "--size",
+    type=click.IntRange(16, MAX_SIZE),
+    help="Long side in pixels (compose: default 256; gan: its own resolution only).",
+)
+@click.option(
     "--select",
     type=SELECT,
     default="green",
@@ -228,12 +275,14 @@ SELECT = click.Choice(SELECT_MODES)
     help="green: only new, good images; yellow: also borderline; none: raw samples.",
 )
 def generate(
-    sku: str, n: int, out: Path, models: Path, seed: int | None, version: int | None, select: str
+    sku: str, n: int, out: Path, models: Path, seed: int | None, version: int | None,
+    size: int | None, select: str,
 ):
     """Generate labelled images of a SKU (YOLO txt, COCO JSON, data.yaml) into OUT."""
     from service.core.pipeline import generate_dataset
 
-    result = generate_dataset(sku, n, out, models, seed=seed, version=version, select=select)
+    result = generate_dataset(sku, n, out, models, seed=seed, version=version, select=select,
+                              size=size)
     click.echo(
         f"wrote {len(result.images)} images of {sku} version {result.version} to {out} "
         f"({result.passed}/{result.tried} samples passed select={select})"

@@ -43,7 +43,7 @@ class ImageSet:
         return len(self.paths)
 
 
-def _find(root: Path) -> tuple[list[Path], list[Path | None]]:
+def find_images(root: Path) -> tuple[list[Path], list[Path | None]]:
     """Image files under `root` and, for each, the label file it would have (or None)."""
     if (root / "images").is_dir():
         images = sorted(p for p in (root / "images").rglob("*") if is_image_file(p))
@@ -90,7 +90,7 @@ def load_images(path: str | Path, resolution: int, fit: str = "stretch", min_ima
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
-    files, label_files = _find(root)
+    files, label_files = find_images(root)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
     if len(files) < min_images:

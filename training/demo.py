@@ -30,17 +30,18 @@ from service.core.yolo import read_names, write_data_yaml
 
 @dataclass(frozen=True)
 class DemoConfig:
-    size: int = 64  # image side; the `demo` profile's resolution
+    size: int = 64  # corpus image side; the `demo` profile's resolution
     pretrain_groups: int = 12  # product groups the base and the labeller learn from
     per_group: int = 60  # arrangements per group
-    # A group neither the base nor the labeller ever saw. 13 holds one product: at this profile
-    # only such groups get green samples (bench/results/finetune_ablation.md: group 13 68 %,
-    # the five-product group 12 0 %), and the demo should show the whole path working.
-    sku_group: int = 13
+    # A five-product group neither the base nor the labeller ever saw (the gan recipe makes
+    # no green sample of it: bench/results/finetune_ablation.md), photographed at 256 px.
+    sku_group: int = 12
+    sku_size: int = 256
     sku_photos: int = 10  # the "ten photos" a new SKU arrives with
     sku_heldout: int = 40  # other real arrangements of the SKU, for evaluation
     pretrain_iterations: int = 1500
-    finetune_iterations: int = 2000  # training.config.FINETUNE's
+    refiner_pretrain_steps: int = 300  # the base refiner, on the corpus
+    finetune_iterations: int = 300  # the SKU's refiner steps (compose)
     labeller_model: str = "yolov5n.yaml"  # yolov5x.yaml in production; n fits the CPU budget
     labeller_epochs: int = 30  # small-images recipe (imgsz 128, hue jitter): ~3-4 min, 2 CPUs
     labeller_heldout_groups: int = 4  # new product groups (the SKU's among them) for its card
@@ -62,6 +63,33 @@ def contact_sheet(paths: list[Path], out: Path, columns: int = 8) -> Path:
     sheet = Image.new("RGB", (columns * (w + 2), rows * (h + 2)), "white")
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * (w + 2), (i // columns) * (h + 2)))
+    sheet.save(out)
+    return out
+
+
+def compose_sheet(photos: Path, models: Path, sku: str, out: Path, n: int = 8,
+                  size: int = 256, seed: int = 0) -> Path:
+    """Three rows, side by side: the SKU's photos, composites of their products, and the same
+    composites refined (the row /generate serves from, before selection)."""
+    from service.core.compose_session import ComposeSession
+    from service.core.datasets import image_files, read_image
+    from service.core.object_bank import ObjectBank
+    from service.core.repository import REFINER_FILE
+
+    version = ModelRepository(models).resolve(sku)
+    refiner = version.file(REFINER_FILE)
+    session = ComposeSession(ObjectBank.load(version.path),
+                             refiner if refiner.is_file() else None)
+    composites, masks, _ = session.compose(n, seed, size)
+    refined = session.refiner.refine(composites, masks) if session.refiner else composites
+    real = [np.asarray(Image.fromarray(read_image(f)).resize(composites.shape[2:0:-1]))
+            for f in image_files(photos)[:n]]
+    tiles = [*real, *([None] * (n - len(real))), *composites, *refined]
+    h, w = composites.shape[1:3]
+    sheet = Image.new("RGB", (n * (w + 4), 3 * (h + 4)), "white")
+    for i, tile in enumerate(tiles):
+        if tile is not None:
+            sheet.paste(Image.fromarray(tile), ((i % n) * (w + 4), (i // n) * (h + 4)))
     sheet.save(out)
     return out
 
@@ -110,11 +138,13 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
 
     step(f"1/6 built-in corpus: {cfg.pretrain_groups} groups x {cfg.per_group} bins")
     corpus, photos, heldout = render_data(out, cfg)
-    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)")
+    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile) "
+         f"and the compose refiner ({cfg.refiner_pretrain_steps} steps)")
     pretrain_base(corpus, out, models, cfg)
     step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
     train_demo_labeller(corpus, out, models, cfg)
-    step(f"4/6 fine-tune on {cfg.sku_photos} photos of a product group the base never saw")
+    step(f"4/6 compose fine-tune on {cfg.sku_photos} photos of a product group the base never "
+         "saw")
     finetune_sku(photos, out, models, cfg)
     step(f"5/6 judge {cfg.generate_n} raw samples like the thesis' Table 4.1, then select")
     sheet = judge_and_select(photos, heldout, out, models, cfg)
@@ -134,7 +164,8 @@ def render_data(out: Path, cfg: DemoConfig) -> tuple[Path, Path, Path]:
     if not (photos / "data.yaml").is_file():
         sku = out / "sku-all"
         n = cfg.sku_photos + cfg.sku_heldout
-        write_corpus(sku, 1, n, size, cfg.seed, first_group=cfg.sku_group)
+        write_corpus(sku, 1, n, (cfg.sku_size, cfg.sku_size), cfg.seed,
+                     first_group=cfg.sku_group)
         names = sorted(p.name for p in (sku / "images").iterdir())
         for folder, chosen in (
             (photos, names[: cfg.sku_photos]),
@@ -153,14 +184,20 @@ def render_data(out: Path, cfg: DemoConfig) -> tuple[Path, Path, Path]:
 
 
 def pretrain_base(corpus: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
-    """Pretrain the WGAN-GP base on the corpus and publish it as `_base`."""
+    """Pretrain the WGAN-GP base and the compose refiner on the corpus; publish them as
+    `_base`."""
+    from training.compose_recipe import pretrain_refiner
     from training.config import profile
     from training.pretrain import pretrain, publish_pretrained
+    from training.refiner import refiner_profile
 
     if not ModelRepository(models).versions(BASE):
         pcfg = profile("demo").replace(iterations=cfg.pretrain_iterations, seed=cfg.seed)
         pretrain(pcfg, corpus, out / "runs" / "base")
-        publish_pretrained(out / "runs" / "base", models)
+        refiner = pretrain_refiner(
+            corpus, out / "runs" / "base-refiner",
+            refiner_profile("default").replace(steps=cfg.refiner_pretrain_steps))
+        publish_pretrained(out / "runs" / "base", models, refiner)
 
 
 def train_demo_labeller(corpus: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
@@ -183,12 +220,12 @@ def train_demo_labeller(corpus: Path, out: Path, models: Path, cfg: DemoConfig) 
 
 
 def finetune_sku(photos: Path, out: Path, models: Path, cfg: DemoConfig) -> None:
-    """Fine-tune the SKU on its ten photos and publish its new version."""
+    """Fine-tune the SKU on its ten labelled photos by compose and publish its new version."""
     from training.finetune import finetune
 
-    version = finetune(cfg.sku, photos / "images", models,
+    version = finetune(cfg.sku, photos, models,
                        out=out / "runs" / f"finetune-{int(time.time())}",
-                       overrides={"iterations": cfg.finetune_iterations})
+                       overrides={"iterations": cfg.finetune_iterations}, recipe="compose")
     click.echo(f"published {cfg.sku} version {version.version}")
 
 
@@ -210,12 +247,13 @@ def judge_and_select(photos: Path, heldout: Path, out: Path, models: Path,
         ", ".join(f"{k} {v:.0%}" for k, v in report["categories"].items())
         + f"; report: {out / 'report' / 'report.html'}"
     )
-    sheet = contact_sheet(sorted((samples / "images").iterdir()), out / "contact_sheet.png")
+    contact_sheet(sorted((samples / "images").iterdir()), out / "contact_sheet.png")
     contact_sheet(sorted((photos / "images").iterdir()), out / "sku_photos.png")
+    sheet = compose_sheet(photos / "images", models, cfg.sku, out / "compose_sheet.png")
     result = generate_dataset(cfg.sku, cfg.select_n, generated, models, seed=cfg.seed)
     click.echo(
         f"selected {len(result.images)} green images from {result.tried} samples into "
-        f"{generated}; contact sheet of raw samples: {sheet}"
+        f"{generated}; photos, composites and refined images side by side: {sheet}"
     )
     return sheet
 

@@ -14,6 +14,7 @@ from service.core.gan_session import GeneratorSession, latents
 from service.core.repository import (
     BASE,
     BASE_FILE,
+    BASE_REFINER_FILE,
     GENERATOR_FILE,
     ModelRepository,
     ModelVersion,
@@ -92,8 +93,10 @@ def publish_generator(
         return ModelRepository(models).publish(sku, files, full_card)
 
 
-def publish_base(checkpoint: str | Path, models: str | Path, card: dict[str, Any]) -> ModelVersion:
-    """Publish a pretrained run as the base fine-tunes start from (weights only, no optimiser)."""
+def publish_base(checkpoint: str | Path, models: str | Path, card: dict[str, Any],
+                 refiner: dict[str, Any] | None = None) -> ModelVersion:
+    """Publish a pretrained run as the base fine-tunes start from (weights only, no optimiser),
+    with the pretrained refiner (`training.refiner.train_refiner`'s state) when given."""
     state = load_checkpoint(checkpoint)
     keep = (
         "config",
@@ -109,5 +112,11 @@ def publish_base(checkpoint: str | Path, models: str | Path, card: dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / BASE_FILE
         torch.save({k: state[k] for k in keep if k in state}, path)
+        files = {BASE_FILE: path}
+        if refiner is not None:
+            files[BASE_REFINER_FILE] = Path(tmp) / BASE_REFINER_FILE
+            torch.save(refiner, files[BASE_REFINER_FILE])
+            card = {**card, "refiner": {"config": refiner["config"], "steps": refiner["step"],
+                                        "metrics": refiner["metrics"]}}
         full_card = BaseCard(config=state["config"], iterations=state["step"], **card)
-        return ModelRepository(models).publish(BASE, {BASE_FILE: path}, full_card)
+        return ModelRepository(models).publish(BASE, files, full_card)

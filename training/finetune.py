@@ -1,6 +1,8 @@
-"""Few-shot fine-tune: start from the pretrained base, train on a new SKU's photos, publish.
+"""Few-shot fine-tune: a new SKU's photos in, its next model version published.
 
-With a labeller in the repository, every checkpoint is judged like the thesis' Table 4.1
+`recipe="compose"` (the default) is `training.compose_recipe`. `recipe="gan"`, the thesis'
+recipe, is this module: start from the pretrained base, train on the photos, publish. With a
+labeller in the repository, every checkpoint is judged like the thesis' Table 4.1
 (green / yellow / white / red on `eval_samples` samples) and the best snapshot, not the last,
 is published, together with the selector that `/generate` filters samples with.
 """
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from service.core.atomic import write_json_atomic
-from service.core.cards import GeneratorCard
+from service.core.cards import DEFAULT_RECIPE, GENERATOR_RECIPES, GeneratorCard
 from service.core.gan_session import latents, to_uint8
 from service.core.labeller_session import LabellerSession
 from service.core.limits import MAX_PHOTOS, MIN_PHOTOS
@@ -131,15 +133,33 @@ def finetune(
     progress: bool = True,
     status_file: Path | None = None,
     labels: Path | None = None,
+    recipe: str = DEFAULT_RECIPE,
+    empty: Path | None = None,
+    refine: bool = True,
 ) -> ModelVersion:
-    """Fine-tune the base on `images` (5 to 100 photos, any size) and publish the SKU's new version.
+    """Make the SKU's next version from `images` (5 to 100 photos, any size) by `recipe`.
 
     Rerunning with the same `out` resumes from its last checkpoint; the published version appears
     only once training and export have finished, so a killed fine-tune leaves the previous
-    version serving.
+    version serving. `empty` (a photo of the empty bin) and `refine` apply to compose only.
     """
     validate_sku(sku)
+    if recipe not in GENERATOR_RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(GENERATOR_RECIPES)}, got {recipe!r}")
     models = Path(models)
+    out = Path(out) if out else Path("runs") / f"finetune-{sku}-{time.strftime('%Y%m%d-%H%M%S')}"
+    status = StatusFile(status_file) if status_file is not None else None
+    if recipe == "compose":
+        from training.compose_recipe import finetune_compose
+
+        version = finetune_compose(sku, images, models, out, labels, empty, overrides, progress,
+                                   status, refine)
+        if status is not None:
+            status.update(stage="published", version=version.version, card=version.card,
+                          report=version.read_card(GeneratorCard).evaluation)
+        return version
+    if empty is not None:
+        raise ValueError("empty: a photo of the empty bin is used by the compose recipe only")
     state, parent = load_base(models, base)
     cfg = finetune_config(state, overrides)
     if cfg.iterations < 1:
@@ -147,8 +167,6 @@ def finetune(
     dataset = load_images(
         images, cfg.resolution, fit=cfg.fit, min_images=MIN_PHOTOS, max_images=MAX_PHOTOS
     )
-    out = Path(out) if out else Path("runs") / f"finetune-{sku}-{time.strftime('%Y%m%d-%H%M%S')}"
-    status = StatusFile(status_file) if status_file is not None else None
     selector, callbacks = _callbacks(sku, dataset.images, models, progress, status)
     extra = {
         "sku": sku,

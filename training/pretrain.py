@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from service.core.repository import ModelVersion
 from training.callbacks import MetricsLog, ProgressBar, SampleGrids, StatusFile
@@ -34,6 +35,9 @@ def pretrain(
     return train(cfg, dataset.images, out, callbacks, extra=extra)
 
 
-def publish_pretrained(run_dir: Path, models: Path) -> ModelVersion:
-    """Publish a finished pretraining run as the base that fine-tunes start from."""
-    return publish_base(run_dir, models, card={"run": str(Path(run_dir).resolve())})
+def publish_pretrained(run_dir: Path, models: Path, refiner: dict[str, Any] | None = None
+                       ) -> ModelVersion:
+    """Publish a finished pretraining run as the base that fine-tunes start from, with the
+    pretrained refiner when given (`training.compose_recipe.pretrain_refiner`)."""
+    return publish_base(run_dir, models, card={"run": str(Path(run_dir).resolve())},
+                        refiner=refiner)

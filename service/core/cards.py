@@ -12,7 +12,10 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Recipe = Literal["gan"]  # how a SKU's generator is made: the generator card's `recipe`
+# How a SKU's images are made, the generator card's `recipe`: `compose` pastes the photos'
+# own products into new arrangements (and refines them); `gan` samples a fine-tuned WGAN-GP.
+Recipe = Literal["compose", "gan"]
+DEFAULT_RECIPE: Recipe = "compose"  # for new SKUs; a card without a recipe is an older gan
 GENERATOR_RECIPES: tuple[str, ...] = get_args(Recipe)
 STATUS_FILE = "status.json"  # a fine-tune job's FinetuneStatus, beside its run folder
 
@@ -44,10 +47,13 @@ class GeneratorCard(Card):
     data_fingerprint: str | None = None
     images: int | None = None  # photos it was fine-tuned on
     labels: dict[str, int] | None = None  # label files checked against them
+    label_source: str | None = None  # compose: where its boxes came from, labels or labeller
     run: str | None = None  # the training run folder
     selection: dict[str, Any] | None = None  # novelty reference and thresholds (Selector)
     snapshots: list[dict[str, Any]] | None = None  # each judged snapshot's score
     evaluation: dict[str, Any] | None = None  # the published snapshot's report
+    bank: dict[str, Any] | None = None  # compose: the object bank's statistics
+    refiner: dict[str, Any] | None = None  # compose: the refiner's config, steps and parity
 
 
 class BaseCard(Card):
@@ -56,6 +62,7 @@ class BaseCard(Card):
     kind: Literal["base"] = "base"
     config: dict[str, Any] = Field(default_factory=dict)
     iterations: int | None = None
+    refiner: dict[str, Any] | None = None  # the pretrained refiner (`BASE_REFINER_FILE`)
 
 
 class LabellerCard(Card):

@@ -9,6 +9,10 @@ Selection (`select` green / yellow) needs the version's card to carry a `selecti
 selection existed have none: they raise `SelectionMissing` for green/yellow (409 over HTTP)
 and serve `select=none`.
 
+A version's card says how it makes images: `recipe: gan` samples its generator and the
+labeller labels the samples; `recipe: compose` composes from its object bank (refined when it
+has a refiner) with labels by construction, and the labeller only checks them.
+
 Torch-free and HTTP-free: the HTTP layer encodes `Generated` (`service/responses.py`) and keeps
 its metrics from `ModelCache`'s counts.
 """
@@ -26,13 +30,17 @@ from typing import Any
 import numpy as np
 
 from service.core.cards import GeneratorCard
+from service.core.compose import DEFAULT_SIZE
+from service.core.compose_session import ComposeSession
 from service.core.datasets import write_dataset
 from service.core.gan_session import GeneratorSession
 from service.core.labeller_session import Detections, LabellerSession
+from service.core.object_bank import BANK_DIR, ObjectBank
 from service.core.repository import (
     GENERATOR_FILE,
     LABELLER,
     LABELLER_FILE,
+    REFINER_FILE,
     SELECTION_FILE,
     ModelNotFound,
     ModelRepository,
@@ -52,6 +60,13 @@ class SelectionMissing(LookupError):
     """The model version carries no selection data, so only `select=none` can serve it."""
 
 
+class SizeUnsupported(ValueError):
+    """A `size` the model cannot make: a gan version makes its own resolution only."""
+
+
+Session = GeneratorSession | ComposeSession
+
+
 @dataclass(frozen=True)
 class Generated:
     """Images one request produced, with their labels and selection figures."""
@@ -62,7 +77,7 @@ class Generated:
     seed: int | None
     images: list[np.ndarray]  # uint8 [H, W, 3] each
     detections: list[Detections]
-    classes: list[str]  # the class names of the labeller that labelled them
+    classes: list[str]  # class names: the photos' (compose) or the labeller's (gan)
     scores: list[dict[str, Any] | None]  # category / novelty / quality per image
     tried: int  # samples drawn
     passed: int  # samples that passed selection (all of them with select=none)
@@ -79,7 +94,7 @@ class ModelCache:
     def __init__(self, repository: ModelRepository, max_generators: int = 16):
         self.repository = repository
         self.max_generators = max_generators
-        self.generators: OrderedDict[tuple[str, int], GeneratorSession] = OrderedDict()
+        self.generators: OrderedDict[tuple[str, int], Session] = OrderedDict()
         self.selectors: OrderedDict[tuple[str, int], Selector] = OrderedDict()
         self.labeller: LabellerSession | None = None
         self.labeller_version: int | None = None
@@ -119,14 +134,26 @@ class ModelCache:
                 table.popitem(last=False)
         return value
 
-    def generator(self, entry: ModelVersion) -> GeneratorSession:
-        """The version's generator session; ModelUnreadable when its file does not load."""
+    def generator(self, entry: ModelVersion) -> Session:
+        """The version's session (by its card's recipe); ModelUnreadable when its files do
+        not load."""
 
-        def load() -> GeneratorSession:
+        def load() -> Session:
+            # onnxruntime, PIL and json raise several types for a bad file: any is unreadable.
+            if entry.read_card(GeneratorCard).recipe == "gan":
+                try:
+                    return GeneratorSession(entry.file(GENERATOR_FILE))
+                except Exception as e:
+                    raise entry.unreadable(GENERATOR_FILE, e) from e
             try:
-                return GeneratorSession(entry.file(GENERATOR_FILE))
-            except Exception as e:  # onnxruntime raises several types for a bad file
-                raise entry.unreadable(GENERATOR_FILE, e) from e
+                bank = ObjectBank.load(entry.path)
+            except Exception as e:
+                raise entry.unreadable(BANK_DIR, e) from e
+            refiner = entry.file(REFINER_FILE)
+            try:
+                return ComposeSession(bank, refiner if refiner.is_file() else None)
+            except Exception as e:
+                raise entry.unreadable(REFINER_FILE, e) from e
 
         return self._cached(self.generators, entry, load)
 
@@ -162,7 +189,8 @@ class ModelCache:
             except ModelUnreadable as e:
                 broken[sku] = str(e)
                 continue
-            labeller.label(session.sample(1, seed=0))
+            sample = session.sample(1, seed=0)
+            labeller.label(sample[0] if isinstance(sample, tuple) else sample)
         return broken
 
 
@@ -179,30 +207,50 @@ class Pipeline:
         self.inference = threading.Lock()
 
     def generate(self, sku: str, n: int, seed: int | None = None, version: int | None = None,
-                 select: str = "green") -> Generated:
-        """`n` labelled images of `sku` (newest version unless pinned) that pass `select`."""
+                 select: str = "green", size: int | None = None) -> Generated:
+        """`n` labelled images of `sku` (newest version unless pinned) that pass `select`.
+
+        `size`: the long side of compose images (default `DEFAULT_SIZE`); a gan version makes
+        its own resolution only (SizeUnsupported for another)."""
         entry = self.cache.repository.resolve(sku, version)
         session = self.cache.generator(entry)
-        labeller = self.cache.load_labeller()
+        if isinstance(session, GeneratorSession):
+            if size is not None and size != session.resolution:
+                raise SizeUnsupported(
+                    f"size {size}: {sku} version {entry.version} is a gan model, which makes "
+                    f"{session.resolution} px images only")
 
-        def sample(n: int, seed: int | None) -> np.ndarray:
-            with self.inference:
-                return session.sample(n, seed)
+            def sample(k: int, seed: int | None) -> np.ndarray:
+                with self.inference:
+                    return session.sample(k, seed)
+        else:
+            side = DEFAULT_SIZE if size is None else size
+
+            def sample(k: int, seed: int | None) -> tuple[np.ndarray, list[Detections]]:
+                with self.inference:
+                    return session.sample(k, seed, side)
+
+        if select == "none" and isinstance(session, ComposeSession):
+            images, labels = sample(n, seed)  # labels by construction: no labeller needed
+            return Generated(sku, entry.version, "none", seed, list(images), labels,
+                             session.classes, [None] * n, n, n)
+        labeller = self.cache.load_labeller()
 
         def label(images: list[np.ndarray] | np.ndarray) -> list[Detections]:
             with self.inference:
                 return labeller.label(images)
 
+        classes = session.classes if isinstance(session, ComposeSession) else labeller.classes
         if select == "none":
             images = sample(n, seed)
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
-                             labeller.classes, [None] * len(images), len(images), len(images))
+                             classes, [None] * len(images), len(images), len(images))
 
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
                                  max_tries=n * self.max_tries_factor)
         return Generated(
             sku, entry.version, select, seed, list(result.images), list(result.detections),
-            labeller.classes, [score_fields(s) for s in result.scores], result.tried,
+            classes, [score_fields(s) for s in result.scores], result.tried,
             len(result.images), None if result.complete else result.message,
         )
 
@@ -210,7 +258,8 @@ class Pipeline:
 def score_fields(score: Any) -> dict[str, Any]:
     """Category, novelty and quality from a selection score (dataclass or dict)."""
     get = score.get if isinstance(score, dict) else lambda k: getattr(score, k, None)
-    return {key: get(key) for key in ("category", "novelty", "quality", "reason")}
+    return {key: get(key)
+            for key in ("category", "novelty", "quality", "fidelity", "agreement", "reason")}
 
 
 def write_generated(out: Path, result: Generated) -> Path:
@@ -230,10 +279,11 @@ def write_generated(out: Path, result: Generated) -> Path:
 
 
 def generate_dataset(sku: str, n: int, out: Path, models: Path, seed: int | None = None,
-                     version: int | None = None, select: str = "green") -> Generated:
+                     version: int | None = None, select: str = "green",
+                     size: int | None = None) -> Generated:
     """Write `n` labelled images of `sku` that pass `select` to `out` as a YOLO + COCO dataset:
     exactly what `POST /generate` with `format=zip` returns, as a folder (`boxgen generate`)."""
     pipeline = Pipeline(ModelCache(ModelRepository(models)))
-    result = pipeline.generate(sku, n, seed, version, select)
+    result = pipeline.generate(sku, n, seed, version, select, size)
     write_generated(Path(out), result)
     return result

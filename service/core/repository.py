@@ -41,6 +41,8 @@ GENERATOR_FILE = "generator.onnx"  # a SKU's generator: z [N, z_dim] -> image [N
 BASE_FILE = "base.pt"  # the pretrained generator and critic weights (torch)
 LABELLER_FILE = "labeller.onnx"  # Ultralytics YOLO: images [N, 3, S, S] -> [N, 4 + nc, A]
 SELECTION_FILE = "selection.npz"  # a SKU's novelty reference features
+REFINER_FILE = "refiner.onnx"  # a compose SKU's refiner: composite, mask -> image
+BASE_REFINER_FILE = "refiner.pt"  # the pretrained refiner and critic weights (torch)
 # Files of a training run folder, which a resumed fine-tune (and the job runner) looks for.
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
@@ -168,6 +170,7 @@ class ModelRepository:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         try:
             for dest, src in files.items():
+                (staging / dest).parent.mkdir(parents=True, exist_ok=True)  # bank/<file>
                 shutil.copyfile(src, staging / dest)
             while True:
                 # Every number-named folder counts, complete or not: renaming onto one fails.

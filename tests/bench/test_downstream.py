@@ -1,5 +1,6 @@
-"""bench/downstream.py's quick mode end to end: real renders, a real tiny fine-tune of the gan
-recipe, real Ultralytics trainings and pycocotools measurements, the table, chart and reuse."""
+"""bench/downstream.py's quick mode end to end: real renders, real tiny fine-tunes of every
+recipe (compose, compose without refiner, gan), real Ultralytics trainings and pycocotools
+measurements, the table, chart and reuse."""
 
 from __future__ import annotations
 
@@ -31,19 +32,22 @@ def test_quick_table_has_every_row_a_chart_and_reuses_finished_runs(tmp_path):
     first = bench(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     table = out.read_text()
-    for row in ("(a) 10 real", "(b) 10 real + 20 gan", "(c) 10 real + 20 copy-paste",
-                "(d) 20 real (ceiling)", "(e) 20 gan alone"):
+    for row in ("(a) 10 real", "(b) 10 real + 20 compose", "(b) 10 real + 20 compose-raw",
+                "(b) 10 real + 20 gan", "(c) 10 real + 20 copy-paste", "(d) 20 real (ceiling)",
+                "(e) 20 gan alone", "(e) 20 compose alone"):
         assert row in table, row
     record = json.loads(out.with_suffix(".json").read_text())
     room = record["summary"]["room"]
     assert ("does not discriminate" in table) == (room < 0.05)
     runs = record["runs"]["g30"]
-    assert sorted(runs) == sorted(["real", "+gan", "+copy-paste", "ceiling", "gan-only"])
+    rows = ["real", "+compose", "+compose-raw", "+gan", "+copy-paste", "ceiling",
+            "compose-only", "compose-raw-only", "gan-only"]
+    assert sorted(runs) == sorted(rows)
     assert all(0 <= r["mAP50_95"] <= r["mAP50"] <= 1 for rs in runs.values() for r in rs)
     assert [r["distinct"] for r in runs["+copy-paste"]] == [30]
     with Image.open(out.with_suffix(".png")) as chart:
         assert chart.size[0] > 300
-    assert first.stdout.count("runs left") == 5
+    assert first.stdout.count("runs left") == len(rows)
     again = bench(*args)  # every run is finished: nothing trains again, same table
     assert again.returncode == 0, again.stderr[-3000:]
     assert "runs left" not in again.stdout

@@ -20,7 +20,8 @@ import yaml
 from PIL import Image
 
 from service.core.cards import GeneratorCard
-from service.core.repository import GENERATOR_FILE, ModelRepository
+from service.core.object_bank import BANK_DIR, BankObject, ObjectBank
+from service.core.repository import GENERATOR_FILE, REFINER_FILE, ModelRepository
 from tests.service.server import (
     DEMO_SKU,
     BoxgenServer,
@@ -246,11 +247,18 @@ def test_a_corrupt_model_keeps_the_others_serving_and_names_its_version(tmp_path
     ModelRepository(models).publish("broken", {GENERATOR_FILE: garbage}, GeneratorCard())
     publish_tiny_generator(models, "badcard")
     (models / "badcard" / "1" / "card.json").write_text("{not json")
+    bank = ObjectBank([BankObject(0, np.full((6, 6, 3), 200, np.uint8), np.ones((6, 6), "f4"))],
+                      np.full((32, 32, 3), 90, np.uint8), ["box"], [1])
+    folder = bank.save(tmp_path / "bank")
+    ModelRepository(models).publish(
+        "badrefiner", {**{f"{BANK_DIR}/{p.name}": p for p in folder.iterdir()},
+                       REFINER_FILE: garbage}, GeneratorCard(recipe="compose"))
     with BoxgenServer(models, log=tmp_path / "server.log") as server, server.client() as client:
         ok = client.post("/generate", json={"sku": DEMO_SKU, "n": 1, "select": "none"})
         assert ok.status_code == 200, ok.text
         for sku, select, file in (("broken", "none", "generator.onnx"),
-                                  ("badcard", "green", "card.json")):
+                                  ("badcard", "green", "card.json"),
+                                  ("badrefiner", "none", "refiner.onnx")):
             response = client.post("/generate", json={"sku": sku, "n": 1, "select": select})
             assert response.status_code == 503, response.text
             answer = response.json()

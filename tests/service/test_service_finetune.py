@@ -241,3 +241,43 @@ def test_restart_keeps_models_and_jobs_and_resumes_interrupted(
             assert c.post("/generate", json={"sku": "demo", "n": 1, "select": "none"}
                           ).json()["version"] == 1
             assert c.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
+
+
+def test_compose_takes_labels_and_an_empty_bin_and_serves_any_size(
+    client: httpx.Client, root: Path
+):
+    empty = io.BytesIO()
+    Image.new("RGB", (64, 64), (80, 90, 100)).save(empty, format="PNG")
+    files = uploads(root, labels=True) + [("empty", ("empty.png", empty.getvalue(), "image/png"))]
+    response = client.post("/finetune", data={"sku": "composed", "iterations": "3",
+                                              "recipe": "compose"}, files=files)
+    assert response.status_code == 200, response.text
+    job = wait_for(client, response.json()["job_id"], ("succeeded", "failed"))
+    assert job["state"] == "succeeded", job
+    card = next(s for s in client.get("/models").json()["skus"] if s["sku"] == "composed")
+    card = card["versions"][0]["card"]
+    assert card["recipe"] == "compose" and card["bank"]["empty"] == "upload"
+    assert card["label_source"] == "labels" and card["refiner"]["steps"] == 3
+
+    body = client.post("/generate", json={"sku": "composed", "n": 2, "size": 96, "seed": 3,
+                                          "select": "none"}).json()
+    assert [(i["width"], i["height"]) for i in body["images"]] == [(96, 96)] * 2
+    assert all(b["confidence"] == 1 for i in body["images"] for b in i["boxes"])
+    assert all(i["boxes"] for i in body["images"])
+    for request, field in (({"sku": "composed", "size": 4096}, "size"),
+                           ({"sku": "demo", "size": 96}, "size")):
+        answer = client.post("/generate", json={"n": 1, "select": "none", **request})
+        assert 400 <= answer.status_code < 500 and answer.json()["field"] == field, answer.text
+
+
+@pytest.mark.parametrize("fields, extra, field", [
+    ({"recipe": "diffusion"}, [], "recipe"),
+    ({}, [("empty", ("a.png", b"not a png", "image/png"))], "empty"),
+])
+def test_bad_compose_fields_are_4xx_naming_the_field(
+    client: httpx.Client, root: Path, fields: dict, extra: list, field: str
+):
+    response = client.post("/finetune", data={"sku": "bad-compose", **fields},
+                           files=uploads(root) + extra)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["field"].startswith(field), response.text

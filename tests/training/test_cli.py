@@ -26,12 +26,12 @@ def pipeline(tmp_path_factory):
     invoke("demo-data", root / "sku", "--groups", 1, "--per-group", 5, "--size", "48x40",
            "--first-group", 5)
     invoke("pretrain", "--data", root / "corpus", "--out", root / "base", "--profile", "tiny",
-           "--iterations", 3, "--models", root / "models")
+           "--iterations", 3, "--models", root / "models", "--refiner-steps", 2)
     invoke("train-labeller", "--data", root / "corpus", "--model", "yolov5n.yaml", "--epochs", 1,
            "--imgsz", 32, "--batch", 4, "--models", root / "models")
     out = invoke("finetune", "--images", root / "sku" / "images", "--sku", "sku-a",
                  "--models", root / "models", "--iterations", 2, "--out", root / "ft",
-                 "--freeze-critic-blocks", 1)
+                 "--freeze-critic-blocks", 1, "--recipe", "gan")
     assert "published sku-a version 1" in out
     return root
 
@@ -39,6 +39,7 @@ def pipeline(tmp_path_factory):
 def test_pretrain_publishes_base(pipeline):
     base = ModelRepository(pipeline / "models").resolve("_base")
     assert base.card["iterations"] == 3 and base.file("base.pt").is_file()
+    assert base.file("refiner.pt").is_file() and base.card["refiner"]["steps"] == 2
     assert (pipeline / "base" / "samples").is_dir() and (pipeline / "base" / "tb").is_dir()
 
 
@@ -66,6 +67,23 @@ def test_finetune_export_generate(pipeline):
         assert {p.name for p in out.iterdir()} >= {"images", "labels", "annotations.json",
                                                    "data.yaml", "generation.json"}
     assert len(list((gen[0] / "labels").glob("*.txt"))) == 3
+
+
+def test_compose_finetune_and_generate_at_a_size(pipeline):
+    """A YOLO folder's labels and names carry through; the base's refiner is the start."""
+    models = pipeline / "models"
+    invoke("finetune", "--images", pipeline / "sku", "--sku", "sku-c", "--models", models,
+           "--iterations", 2, "--out", pipeline / "ft-c")
+    card = ModelRepository(models).resolve("sku-c").card
+    assert card["recipe"] == "compose" and card["refiner"]["parent"] == "_base/1"
+    invoke("generate", "--sku", "sku-c", "-n", 2, "--out", pipeline / "gen-c", "--models",
+           models, "--size", 120, "--select", "none", "--seed", 0)
+    images = sorted((pipeline / "gen-c" / "images").glob("*.png"))
+    assert [Image.open(p).size for p in images] == [(120, 100)] * 2  # the photos' 48x40
+    result = CliRunner().invoke(cli, ["generate", "--sku", "sku-a", "--out",
+                                      str(pipeline / "x"), "--models", str(models), "--size",
+                                      "64", "--version", "1"])
+    assert result.exit_code == 1 and "size 64" in result.output and "gan" in result.output
 
 
 def test_generate_selects_label_and_evaluate(pipeline):

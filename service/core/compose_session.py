@@ -1,0 +1,51 @@
+"""A published compose version, run without torch: compose from its object bank, then refine.
+
+The counterpart of `gan_session.GeneratorSession` for `recipe: compose`: a seed in, images and
+their labels (exact, by construction) out, at any size up to `compose.MAX_SIZE`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.core.compose import DEFAULT_SIZE, ComposeSettings, compose_batch
+from service.core.labeller_session import Detections
+from service.core.object_bank import ObjectBank
+from service.core.refiner_session import RefinerSession
+
+
+class ComposeSession:
+    """A compose version's object bank and, when it has one, its refiner."""
+
+    def __init__(self, bank: ObjectBank, refiner: str | Path | None = None,
+                 settings: ComposeSettings | None = None):
+        self.bank = bank
+        self.refiner = RefinerSession(refiner) if refiner is not None else None
+        self.settings = settings or ComposeSettings()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bank.names
+
+    def compose(self, n: int, seed: int | None, size: int = DEFAULT_SIZE
+                ) -> tuple[np.ndarray, np.ndarray, list[Detections]]:
+        """`n` composites before refinement: (images uint8 [n, H, W, 3], masks float32
+        [n, H, W], labels)."""
+        composites = compose_batch(self.bank, n, size, seed, self.settings)
+        labels = [Detections(c.boxes, c.cls, np.ones(len(c.cls), np.float32), c.image.shape[:2])
+                  for c in composites]
+        if not composites:
+            return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size)), labels
+        return (np.stack([c.image for c in composites]), np.stack([c.mask for c in composites]),
+                labels)
+
+    def sample(self, n: int, seed: int | None = None, size: int = DEFAULT_SIZE
+               ) -> tuple[np.ndarray, list[Detections]]:
+        """`n` images (refined when the version has a refiner) and their labels; the same
+        seed gives the same images."""
+        images, masks, labels = self.compose(n, seed, size)
+        if self.refiner is not None and len(images):
+            images = self.refiner.refine(images, masks)
+        return images, labels

@@ -1,0 +1,97 @@
+"""The compose layout sampler: labels are the boxes of what is visible, at any size; every
+product stays at least `min_visible` in view; the same seed gives the same image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.core.compose import ComposeSettings, compose, compose_batch, output_shape
+from service.core.object_bank import BankObject, ObjectBank
+
+# Twelve products, each one flat colour of its own (class = index), on a flat grey bin.
+COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (230, 30, 230),
+           (30, 230, 230), (250, 140, 0), (140, 0, 250), (0, 140, 90), (250, 250, 250),
+           (90, 60, 20), (20, 20, 20)]
+PLAIN = ComposeSettings(shadow=0.0, shading=0.0, blends=("hard",), extra_objects=3)
+
+
+def flat_bank(shape: tuple[int, int] = (120, 160), counts: tuple[int, ...] = (3, 5)
+              ) -> ObjectBank:
+    rng = np.random.default_rng(0)
+    objects = []
+    for cls, colour in enumerate(COLOURS):
+        h, w = int(rng.integers(10, 30)), int(rng.integers(8, 16))
+        yy, xx = np.mgrid[:h, :w]
+        alpha = (((yy - h / 2 + 0.5) / (h / 2)) ** 2 + ((xx - w / 2 + 0.5) / (w / 2)) ** 2
+                 <= 1).astype(np.float32)  # an ellipse: rotation changes its box
+        objects.append(BankObject(cls, np.full((h, w, 3), colour, np.uint8), alpha))
+    empty = np.full((*shape, 3), 128, np.uint8)
+    return ObjectBank(objects, empty, [f"p{i}" for i in range(12)], list(counts),
+                      (0.1, 0.1, 0.9, 0.9))
+
+
+def colour_box(image: np.ndarray, colour: tuple[int, int, int]) -> list[int] | None:
+    ys, xs = np.nonzero((image == colour).all(axis=2))
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else None
+
+
+@pytest.mark.parametrize("size", [96, 160, 400])
+def test_labels_are_the_boxes_of_the_visible_pixels(size: int):
+    bank = flat_bank()
+    rng = np.random.default_rng(1)
+    checked = overlapping = 0
+    for _ in range(30):
+        c = compose(bank, size, rng, PLAIN)
+        assert c.image.shape[:2] == output_shape(bank, size) == c.mask.shape
+        if len(set(c.cls.tolist())) < len(c.cls):
+            continue  # the same product twice: one colour, two boxes
+        for cls, box in zip(c.cls, c.boxes, strict=True):
+            assert colour_box(c.image, COLOURS[cls]) == box.astype(int).tolist()
+            checked += 1
+        for i in range(len(c.boxes)):
+            for j in range(i + 1, len(c.boxes)):
+                a, b = c.boxes[i], c.boxes[j]
+                overlapping += a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    assert checked > 40 and overlapping > 0  # products overlap, and labels stay exact
+
+
+def test_every_product_keeps_its_minimum_in_view():
+    bank = flat_bank(counts=(8,))
+    rng = np.random.default_rng(2)
+    settings = ComposeSettings(shadow=0.0, shading=0.0, blends=("hard",), min_visible=0.6)
+    for _ in range(20):
+        c = compose(bank, 128, rng, settings)
+        for cls in c.cls:
+            visible = (c.image == COLOURS[cls]).all(axis=2).sum()
+            whole = bank.objects[cls].alpha.sum() * (128 / 160) ** 2
+            if list(c.cls).count(cls) == 1:
+                assert visible >= 0.6 * whole * 0.8  # resampling moves the edge a little
+
+
+def test_counts_follow_the_photos_and_go_somewhat_beyond():
+    bank = flat_bank(counts=(3, 5))
+    counts = [len(c.cls) for c in compose_batch(bank, 60, 128, seed=3, settings=PLAIN)]
+    assert min(counts) >= 2 and max(counts) <= 8
+    assert len(set(counts)) >= 4
+
+
+def test_the_same_seed_gives_the_same_images_and_sizes_are_checked():
+    bank = flat_bank()
+    a, b = compose_batch(bank, 3, 128, seed=5), compose_batch(bank, 3, 128, seed=5)
+    assert all((x.image == y.image).all() and (x.boxes == y.boxes).all()
+               for x, y in zip(a, b, strict=True))
+    assert not (a[0].image == compose_batch(bank, 1, 128, seed=6)[0].image).all()
+    assert output_shape(bank, 1024) == (768, 1024)  # the photos' 3:4 aspect
+    with pytest.raises(ValueError, match="size"):
+        output_shape(bank, 2048)
+
+
+def test_shadows_and_soft_blends_leave_labels_inside_the_image():
+    bank = flat_bank()
+    for c in compose_batch(bank, 20, 200, seed=7):
+        h, w = c.image.shape[:2]
+        assert len(c.cls) >= 1
+        assert (c.boxes[:, 0] >= 0).all() and (c.boxes[:, 2] <= w).all()
+        assert (c.boxes[:, 1] >= 0).all() and (c.boxes[:, 3] <= h).all()
+        assert (c.boxes[:, 2] > c.boxes[:, 0]).all() and (c.mask.max() <= 1.0)

@@ -1,0 +1,146 @@
+"""The compose fine-tune end to end on the tiny repository: photos with or without labels in, a
+published version with bank, refiner and selection out, served at any size with the photos'
+classes; the base refiner pretrained on a corpus and published with the base."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.core.cards import BaseCard, GeneratorCard
+from service.core.object_bank import BANK_DIR, BANK_INDEX
+from service.core.pipeline import generate_dataset
+from service.core.repository import (
+    BASE,
+    BASE_REFINER_FILE,
+    LABELLER,
+    REFINER_FILE,
+    SELECTION_FILE,
+    ModelRepository,
+)
+from service.core.yolo import read_names, read_rows, write_data_yaml
+from tests.service.server import photos, render_corpus, tiny_repository
+from training.finetune import finetune
+
+TINY = {"iterations": 3, "batch_size": 4, "pool_size": 8, "crop": 32}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compose")
+    tiny_repository(root / "models")
+    photos(root / "photos")
+    # The photos' own class names, not the labeller's: they must carry through.
+    write_data_yaml(root / "photos", ["juice", "soap", "tea", "rice"], path=root / "photos")
+    return root
+
+
+@pytest.fixture(scope="module")
+def published(root: Path):
+    return finetune("tea-box", root / "photos", root / "models", out=root / "run",
+                    overrides=TINY, progress=False, status_file=root / "status.json")
+
+
+def test_a_compose_version_holds_bank_refiner_and_selection(published, root: Path):
+    card = published.read_card(GeneratorCard)
+    assert card.recipe == "compose" and card.label_source == "labels"
+    assert {REFINER_FILE, SELECTION_FILE, f"{BANK_DIR}/{BANK_INDEX}"} <= set(card.files)
+    boxes = sum(len(read_rows(f)) for f in (root / "photos" / "labels").glob("*.txt"))
+    assert card.labels["boxes"] == boxes and card.bank["objects"] >= 0.9 * boxes
+    assert card.refiner["steps"] == 3 and card.refiner["onnx_parity_max_abs"] <= 1e-3
+    assert card.refiner["parent"] == "identity"  # the tiny base has no refiner
+    categories = card.evaluation["categories"]
+    assert abs(sum(categories.values()) - 1) < 1e-9 and card.evaluation["n"] == 64
+    assert {"fidelity", "agreement"} <= set(card.selection)
+    status = json.loads((root / "status.json").read_text())
+    assert status["stage"] == "published" and status["iteration"] == status["iterations"] == 3
+
+
+@pytest.mark.parametrize("size", [64, 200])
+def test_generate_serves_any_size_with_the_photos_classes(published, root: Path, size: int):
+    out = root / f"generated-{size}"
+    result = generate_dataset("tea-box", 4, out, root / "models", seed=1, select="none",
+                              size=size)
+    assert len(result.images) == 4 and all(im.shape == (size, size, 3) for im in result.images)
+    assert read_names(out) == ["juice", "soap", "tea", "rice"]
+    photo_classes = {int(r[0]) for f in (root / "photos" / "labels").glob("*.txt")
+                     for r in read_rows(f)}
+    for label in (out / "labels").glob("*.txt"):
+        rows = read_rows(label)
+        assert len(rows) and {int(r[0]) for r in rows} <= photo_classes
+        assert (result.detections[0].conf == 1).all()  # by construction
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["juice", "soap", "tea", "rice"]
+    again = generate_dataset("tea-box", 4, root / "again", root / "models", seed=1,
+                             select="none", size=size)
+    assert all((a == b).all() for a, b in zip(result.images, again.images, strict=True))
+
+
+def test_green_images_come_with_fidelity_and_agreement(published, root: Path):
+    result = generate_dataset("tea-box", 3, root / "green", root / "models", seed=2,
+                              select="yellow")
+    assert result.tried >= len(result.images)
+    for score in result.scores:
+        assert score["category"] in ("green", "yellow")
+        assert 0.5 <= score["fidelity"] <= 1 and score["agreement"] is not None
+
+
+def test_plain_photos_are_labelled_by_the_labeller(root: Path, tmp_path: Path):
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "photos" / "images", plain)
+    version = finetune("plain-sku", plain, root / "models", out=tmp_path / "run",
+                       overrides=TINY, progress=False, refine=False)
+    card = version.read_card(GeneratorCard)
+    assert card.label_source == "labeller" and card.refiner is None
+    assert REFINER_FILE not in card.files and card.bank["objects"] > 0
+    labeller = ModelRepository(root / "models").resolve(LABELLER).card["classes"]
+    assert json.loads((version.path / BANK_DIR / BANK_INDEX).read_text())["names"] == labeller
+
+
+def test_without_labels_or_labeller_compose_says_what_it_needs(root: Path, tmp_path: Path):
+    models = tmp_path / "models"
+    shutil.copytree(root / "models" / BASE, models / BASE)
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "photos" / "images", plain)
+    with pytest.raises(ValueError, match="labeller"):
+        finetune("x", plain, models, out=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="recipe"):
+        finetune("x", plain, models, out=tmp_path / "run", recipe="diffusion")
+
+
+def test_an_uploaded_empty_bin_is_used(root: Path, tmp_path: Path):
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.full((64, 64, 3), 77, np.uint8)).save(empty)
+    version = finetune("with-empty", root / "photos", root / "models", out=tmp_path / "run",
+                       overrides=TINY, progress=False, empty=empty, refine=False)
+    assert version.read_card(GeneratorCard).bank["empty"] == "upload"
+    with Image.open(version.path / BANK_DIR / "empty.png") as image:
+        assert np.asarray(image).mean() == pytest.approx(77, abs=0.5)
+
+
+def test_the_base_refiner_is_pretrained_on_a_corpus_and_fine_tunes_start_from_it(
+    root: Path, tmp_path: Path
+):
+    from training.compose_recipe import pretrain_refiner
+    from training.pretrain import publish_pretrained
+    from training.refiner import refiner_profile
+
+    corpus = render_corpus(tmp_path / "corpus", groups=2, per_group=10)
+    state = pretrain_refiner(corpus, tmp_path / "refiner", refiner_profile("tiny"),
+                             progress=False)
+    assert state["step"] == refiner_profile("tiny").steps
+    models = tmp_path / "models"
+    shutil.copytree(root / "models" / LABELLER, models / LABELLER)
+    base_run = ModelRepository(root / "models").resolve(BASE).card["run"]
+    base = publish_pretrained(Path(base_run), models, state)
+    assert BASE_REFINER_FILE in base.read_card(BaseCard).files
+    version = finetune("from-base", root / "photos", models, out=tmp_path / "run",
+                       overrides={"iterations": 2}, progress=False)
+    refiner = version.read_card(GeneratorCard).refiner
+    assert refiner["parent"] == f"{BASE}/{base.version}" and refiner["steps"] == 2
+    assert refiner["config"]["channels"] == refiner_profile("tiny").channels  # base's shape

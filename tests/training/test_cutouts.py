@@ -1,0 +1,97 @@
+"""Cutting products out of photos: the empty bin from the photos' floor, masks that follow the
+products (not their boxes), photos of any size at one working size."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from training.cutouts import (
+    BANK_MAX_SIDE,
+    Photo,
+    build_bank,
+    estimate_empty,
+    to_working_size,
+    working_shape,
+)
+
+H, W = 120, 160
+
+
+def floor() -> np.ndarray:
+    """A bin floor with texture: a smooth gradient and a few dark scratches."""
+    yy, xx = np.mgrid[:H, :W]
+    image = np.dstack([90 + 0.3 * xx, 100 + 0.2 * yy, 110 + 0.1 * (xx + yy)]).astype(np.float32)
+    cv2.line(image, (10, 100), (150, 90), (60, 60, 60), 1)
+    return image
+
+
+def photos(n: int = 8, seed: int = 0) -> tuple[list[Photo], list[list[np.ndarray]]]:
+    """Photos of 2-3 ellipses each (some touching), their YOLO rows and true masks."""
+    rng = np.random.default_rng(seed)
+    out, masks = [], []
+    for i in range(n):
+        image = floor()
+        rows, truth = [], []
+        for k in range(int(rng.integers(2, 4))):
+            cx, cy = rng.uniform(25, W - 25), rng.uniform(25, H - 25)
+            ax, ay, angle = rng.uniform(8, 18), rng.uniform(5, 10), rng.uniform(0, 180)
+            mask = np.zeros((H, W), np.uint8)
+            cv2.ellipse(mask, ((cx, cy), (2 * ax, 2 * ay), angle), 1, -1)
+            colour = rng.uniform(0, 255, 3)
+            image[mask > 0] = colour
+            ys, xs = np.nonzero(mask)
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            rows.append([k % 2, (x0 + x1) / 2 / W, (y0 + y1) / 2 / H, (x1 - x0) / W,
+                         (y1 - y0) / H])
+            truth.append(mask[y0:y1, x0:x1] > 0)
+        image += rng.normal(0, 2, image.shape)
+        out.append(Photo(f"p{i}", np.clip(image, 0, 255).astype(np.uint8), np.array(rows)))
+        masks.append(truth)
+    return out, masks
+
+
+def test_the_empty_bin_is_the_floor_between_the_products():
+    shots, _ = photos()
+    empty = estimate_empty(shots).astype(np.float32)
+    error = np.abs(empty - floor()).max(axis=2)
+    assert np.median(error) < 3 and np.quantile(error, 0.99) < 25
+
+
+def test_masks_follow_the_products_not_their_boxes():
+    shots, truth = photos()
+    bank = build_bank(shots, ["a", "b"])
+    assert bank.empty_source == "photos" and bank.counts == [len(p.rows) for p in shots]
+    ious = []
+    for obj in bank.objects:
+        photo = int(obj.source[1:])
+        row = [m for m in truth[photo] if m.shape == obj.alpha.shape]
+        solid = obj.alpha >= 0.5
+        ious.append(max((solid & m).sum() / (solid | m).sum() for m in row))
+        assert obj.pixels.shape[:2] == obj.alpha.shape
+    assert np.median(ious) > 0.9 and np.quantile(ious, 0.2) > 0.75
+    # An ellipse fills about pi/4 of its box: the mask is not the box.
+    assert np.mean([(o.alpha >= 0.5).mean() for o in bank.objects]) < 0.9
+    assert 1 < bank.noise < 4  # the photos' noise was sd 2
+
+
+def test_an_uploaded_empty_bin_replaces_the_estimate_at_the_working_size():
+    shots, _ = photos(5)
+    upload = cv2.resize(np.clip(floor(), 0, 255).astype(np.uint8), (320, 240))
+    bank = build_bank(shots, ["a", "b"], empty=upload)
+    assert bank.empty_source == "upload" and bank.empty.shape == (H, W, 3)
+
+
+def test_photos_of_any_size_share_one_working_size():
+    big = np.zeros((1440, 1920, 3), np.uint8)
+    assert working_shape(big.shape[:2]) == (768, BANK_MAX_SIDE)
+    small = np.zeros((600, 700, 3), np.uint8)
+    assert [im.shape for im in to_working_size([big, small])] == [(768, 1024, 3)] * 2
+
+
+def test_photos_without_labelled_products_are_refused():
+    shots, _ = photos(3)
+    bare = [Photo(p.name, p.image, np.zeros((0, 5))) for p in shots]
+    with pytest.raises(ValueError, match="labelled"):
+        build_bank(bare, ["a"])
