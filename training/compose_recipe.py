@@ -38,10 +38,10 @@ from service.core.repository import (
     ModelVersion,
 )
 from service.core.selector import Selector, category_fractions
-from service.core.yolo import read_names, read_rows
+from service.core.yolo import pixel_boxes, read_names, read_rows
 from training.callbacks import StatusFile
 from training.checkpoint import load_checkpoint
-from training.cutouts import Photo, build_bank, pixel_boxes, to_working_size
+from training.cutouts import Photo, build_bank, to_working_size
 from training.data import data_fingerprint, find_images
 from training.refiner import RefinerConfig, export_refiner, refiner_profile, train_refiner
 from training.render import CLASSES

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from service.core.datasets import image_files, read_image
-from service.core.yolo import read_names, read_rows, write_data_yaml, write_rows, xyxy
+from service.core.yolo import pixel_boxes, read_names, read_rows, write_data_yaml, write_rows
 from training.bins import bin_floor
 from training.render import TIDY_LIGHT, Scene, draw, light
 
@@ -38,15 +38,6 @@ class Cutout:
     cls: int
     pixels: np.ndarray  # [h, w, 3] float32, 0-255
     alpha: np.ndarray  # [h, w] float32 in [0, 1]
-
-
-def pixel_boxes(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """YOLO rows as integer pixel boxes x0, y0, x1, y1 (end exclusive), clipped.  # [k, 4]"""
-    h, w = shape
-    boxes = np.rint(xyxy(rows, shape)).astype(np.int64)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    return boxes
 
 
 def cut_out(image: np.ndarray, rows: np.ndarray) -> list[Cutout]:

@@ -2,12 +2,18 @@
 
 Offline and without downloads (no SAM, no rembg):
 
+- Each photo's **colour cast** is measured on its bare floor (a gain per channel against the
+  photos' median) and divided out, so that the median below mixes like with like; the bank
+  keeps the gains, and each composite takes one of them back on.
 - The **empty bin** is the per-pixel median of the floor the photos show between their
-  products (boxes and a margin left out), with the few pixels every photo covers inpainted
-  (OpenCV Telea). An uploaded photo of the empty bin replaces it.
+  products, with the pixels every photo covers inpainted (OpenCV Telea). Two passes: first
+  boxes (and a margin) are left out, then only the products' masks (widened): a cluttered
+  bin shows far more floor between its products than between their boxes. An uploaded photo
+  of the empty bin replaces the estimate.
 - Each product's **mask** starts from its colour difference to that empty bin inside its box,
   refined with OpenCV GrabCut (pixels outside the box are floor; pixels shared with another
-  box are left for GrabCut's colour models to claim), then given soft edges.
+  box, and shadow, an even darkening of the floor, start as probable floor), then given
+  soft edges.
 - Photos of any size are first scaled to one working size (long side at most
   `BANK_MAX_SIDE`, the first photo's aspect): the median needs aligned pixels.
 """
@@ -22,13 +28,19 @@ import cv2
 import numpy as np
 
 from service.core.object_bank import BankObject, ObjectBank
-from service.core.yolo import xyxy
+from service.core.yolo import pixel_boxes, xyxy
 
 BANK_MAX_SIDE = 1024  # the bank's working long side: the largest composite served
 MARGIN = 0.01  # floor left out around each box for the empty-bin median, fraction of long side
 FLOOR_PAD = 0.03  # the floor is the photos' boxes' extent, widened by this fraction
 GRABCUT_ITERATIONS = 4
 MIN_DIFF = 14.0  # grey levels: smaller differences to the empty bin are floor
+SHADOW_RATIO = (0.35, 0.93)  # photo / empty bin in every channel: a shadow's darkening
+SHADOW_CHROMA = 0.1  # at most this spread of that ratio between channels (even darkening)
+MASK_MARGIN = 0.02  # floor hidden around each mask in the second empty-bin pass
+MIN_SUPPORT = 0.25  # fraction of the photos that must show a floor pixel bare
+OUTLIER = 40.0  # grey levels from the smoothed first estimate: not floor
+OUTLIER_SCALE = 0.03  # that smoothing's sigma, fraction of the long side
 
 
 @dataclass(frozen=True)
@@ -56,15 +68,6 @@ def to_working_size(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         for im in images]
 
 
-def pixel_boxes(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """YOLO rows as integer pixel boxes x0, y0, x1, y1 (end exclusive), clipped.  # [k, 4]"""
-    h, w = shape
-    boxes = np.rint(xyxy(np.asarray(rows, np.float64).reshape(-1, 5), shape)).astype(np.int64)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-    return boxes
-
-
 def covered(shape: tuple[int, int], boxes: np.ndarray, margin: int) -> np.ndarray:
     """Pixels inside any box widened by `margin`.  # [H, W] bool"""
     mask = np.zeros(shape, bool)
@@ -73,20 +76,57 @@ def covered(shape: tuple[int, int], boxes: np.ndarray, margin: int) -> np.ndarra
     return mask
 
 
-def estimate_empty(photos: Sequence[Photo]) -> np.ndarray:
-    """The empty bin: median of each pixel over the photos where no product covers it."""
+def floor_gains(photos: Sequence[Photo]) -> np.ndarray:
+    """Each photo's colour cast: its bare floor's median per channel over the photos' median of
+    those (1 = no cast).  # [N, 3]"""
+    shape = photos[0].image.shape[:2]
+    margin = max(int(round(MARGIN * max(shape))), 1)
+    means = []
+    for p in photos:
+        floor = ~covered(shape, pixel_boxes(p.rows, shape), margin)
+        pixels = p.image[floor] if floor.sum() > 100 else p.image.reshape(-1, 3)
+        means.append(np.median(pixels.reshape(-1, 3), axis=0).astype(np.float64) + 1.0)
+    means = np.array(means)
+    return (means / np.median(means, axis=0)).astype(np.float32)
+
+
+def neutral(photos: Sequence[Photo], gains: np.ndarray) -> list[Photo]:
+    """The photos with their colour casts divided out."""
+    return [Photo(p.name, np.clip(p.image / g + 0.5, 0, 255).astype(np.uint8), p.rows)
+            for p, g in zip(photos, gains, strict=True)]
+
+
+def estimate_empty(photos: Sequence[Photo], hidden: np.ndarray | None = None) -> np.ndarray:
+    """The empty bin: median of each pixel over the photos where nothing hides the floor
+    (`hidden` [N, H, W], default: the boxes and a margin).
+
+    Then once more without the samples far from a smooth version of that first estimate:
+    where products crowd one spot in most photos (or a product went unlabelled), the median
+    of what is left there is product, and stands out from the floor around it."""
     shape = photos[0].image.shape[:2]
     margin = max(int(round(MARGIN * max(shape))), 1)
     stack = np.stack([p.image for p in photos]).astype(np.float32)
-    hidden = np.stack([covered(shape, pixel_boxes(p.rows, shape), margin) for p in photos])
+    if hidden is None:
+        hidden = np.stack([covered(shape, pixel_boxes(p.rows, shape), margin) for p in photos])
     stack[hidden] = np.nan
+    first = _median_inpainted(stack)
+    smooth = cv2.GaussianBlur(first, (0, 0), OUTLIER_SCALE * max(shape))
+    stack[np.abs(stack - smooth.astype(np.float32)).max(axis=3) > OUTLIER] = np.nan
+    return _median_inpainted(stack)
+
+
+def _median_inpainted(stack: np.ndarray) -> np.ndarray:
+    """Per-pixel median over the samples that are not NaN (float32 [N, H, W, 3]); pixels too
+    few samples show are inpainted from their surroundings (a pixel one or two photos show
+    bare is as likely a piece of product a mask missed).  # uint8 [H, W, 3]"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: inpainted below
         median = np.nanmedian(stack, axis=0)
-    holes = np.isnan(median[..., 0])
+    seen = (~np.isnan(stack[..., 0])).sum(axis=0)
+    holes = seen < max(MIN_SUPPORT * len(stack), 2)
     empty = np.nan_to_num(median, nan=0.0).clip(0, 255).astype(np.uint8)
     if holes.any():
-        radius = max(3, int(0.02 * max(shape)))
+        radius = max(3, int(0.02 * max(empty.shape[:2])))
         empty = cv2.inpaint(empty, holes.astype(np.uint8), radius, cv2.INPAINT_TELEA)
     return empty
 
@@ -141,7 +181,11 @@ def object_alpha(image: np.ndarray, empty: np.ndarray, box: np.ndarray,
     for ox0, oy0, ox1, oy1 in others:
         shared[max(oy0 - cy0, 0) : max(oy1 - cy0, 0), max(ox0 - cx0, 0) : max(ox1 - cx0, 0)] = True
     shared &= inside
-    differs = diff > MIN_DIFF
+    # Shadow: the floor darkened evenly in every channel, which is floor, not product.
+    ratio = (crop.astype(np.float32) + 1) / (empty[cy0:cy1, cx0:cx1].astype(np.float32) + 1)
+    shadow = ((ratio.max(axis=2) < SHADOW_RATIO[1]) & (ratio.min(axis=2) > SHADOW_RATIO[0])
+              & (ratio.max(axis=2) - ratio.min(axis=2) < SHADOW_CHROMA))
+    differs = (diff > MIN_DIFF) & ~shadow
     mask = np.full(crop.shape[:2], cv2.GC_BGD, np.uint8)
     mask[inside] = cv2.GC_PR_BGD
     mask[inside & differs & ~shared] = cv2.GC_PR_FGD
@@ -192,25 +236,44 @@ def build_bank(photos: Sequence[Photo], names: Sequence[str],
     if not labelled:
         raise ValueError("no photo has a labelled product: compose needs YOLO labels or a "
                          "labeller that finds the products")
+    gains = floor_gains(photos)
+    photos = neutral(photos, gains)
     if empty is None:
-        background, source = estimate_empty(photos), "photos"
+        _, hidden = cut_all(photos, estimate_empty(photos))
+        background, source = estimate_empty(photos, hidden), "photos"
     else:
         background = cv2.resize(np.asarray(empty)[..., :3], (shape[1], shape[0]),
                                 interpolation=cv2.INTER_AREA)
         source = "upload"
+    objects, _ = cut_all(photos, background)
+    return ObjectBank(objects, background, list(names), [len(p.rows) for p in photos],
+                      floor_extent(labelled), estimate_noise(photos), source,
+                      gains=[[round(float(v), 4) for v in g] for g in gains])
+
+
+def cut_all(photos: Sequence[Photo], empty: np.ndarray
+            ) -> tuple[list[BankObject], np.ndarray]:
+    """Every labelled product of `photos`, cut out against `empty`, and where each photo's
+    products hide the floor: their masks widened by `MASK_MARGIN`, which takes their shadows
+    too (a box whose product could not be cut out hides all of itself).  # [N, H, W] bool"""
+    shape = empty.shape[:2]
     objects = []
-    for photo in labelled:
+    hidden = np.zeros((len(photos), *shape), np.uint8)
+    for n, photo in enumerate(photos):
         boxes = pixel_boxes(photo.rows, shape)
         for i, (row, box) in enumerate(zip(photo.rows, boxes, strict=True)):
             x0, y0, x1, y1 = box
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue
             others = np.delete(boxes, i, axis=0)
-            alpha = object_alpha(photo.image, background, box, others)
+            alpha = object_alpha(photo.image, empty, box, others)
             if (alpha >= 0.5).sum() < 4:
+                hidden[n, y0:y1, x0:x1] = 1
                 continue
+            hidden[n, y0:y1, x0:x1] |= (alpha > 0.1).astype(np.uint8)
             share = covered(shape, others, 0)[y0:y1, x0:x1].mean() if len(others) else 0.0
             objects.append(BankObject(int(row[0]), photo.image[y0:y1, x0:x1].copy(), alpha,
                                       photo.name, float(share)))
-    return ObjectBank(objects, background, list(names), [len(p.rows) for p in photos],
-                      floor_extent(labelled), estimate_noise(photos), source)
+    size = max(3, int(2 * MASK_MARGIN * max(shape)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return objects, np.stack([cv2.dilate(h, kernel) > 0 for h in hidden])

@@ -172,8 +172,11 @@ def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
         image = image * (1 - weight[..., None]) + pixels * weight[..., None]
         mask = np.maximum(mask, weight)
 
-    if bank.noise > 0:
-        image += rng.normal(0, bank.noise, image.shape).astype(np.float32)
+    if bank.gains:  # one photo's colour cast, on everything
+        image *= np.asarray(bank.gains[int(rng.integers(len(bank.gains)))], np.float32)
+    if bank.noise > 0:  # the floor is a median, without the photos' noise; products have it
+        noise = rng.normal(0, bank.noise, image.shape).astype(np.float32)
+        image += noise * (1 - mask[..., None])
     shown = _visible([a for _, a, _ in layers])
     cls, boxes = [], []
     for (c, _, _), visible in zip(layers, shown, strict=True):

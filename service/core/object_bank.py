@@ -43,6 +43,9 @@ class ObjectBank:
     floor: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # x0 y0 x1 y1, fractions
     noise: float = 0.0  # sensor noise of the photos, grey levels (sd)
     empty_source: str = "photos"  # "photos" (estimated) or "upload"
+    # Each photo's colour cast (gain per channel against their median), divided out of the
+    # cut-outs and the empty bin; a composite takes one of them back on.
+    gains: list[list[float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,6 +73,8 @@ class ObjectBank:
             "floor": [round(v, 4) for v in self.floor],
             "noise": round(self.noise, 3),
             "empty": self.empty_source,
+            "colour_casts": [round(float(np.min(self.gains)), 3),
+                             round(float(np.max(self.gains)), 3)] if self.gains else None,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -86,7 +91,7 @@ class ObjectBank:
                             "occluded": round(o.occluded, 4)})
         index = {"names": self.names, "counts": self.counts, "floor": list(self.floor),
                  "noise": self.noise, "empty": EMPTY_FILE, "empty_source": self.empty_source,
-                 "objects": entries, **self.extra}
+                 "gains": self.gains, "objects": entries, **self.extra}
         (root / BANK_INDEX).write_text(json.dumps(index, indent=1))
         return root
 
@@ -96,7 +101,8 @@ class ObjectBank:
         a file is missing or unreadable."""
         root = Path(folder) / BANK_DIR
         index = json.loads((root / BANK_INDEX).read_text())
-        known = {"names", "counts", "floor", "noise", "empty", "empty_source", "objects"}
+        known = {"names", "counts", "floor", "noise", "empty", "empty_source", "gains",
+                 "objects"}
         objects = []
         for entry in index["objects"]:
             with Image.open(root / entry["file"]) as image:
@@ -108,5 +114,5 @@ class ObjectBank:
             empty = np.asarray(image.convert("RGB"))
         return cls(objects, empty, list(index["names"]), [int(c) for c in index["counts"]],
                    tuple(float(v) for v in index["floor"]), float(index.get("noise", 0.0)),
-                   index.get("empty_source", "photos"),
+                   index.get("empty_source", "photos"), index.get("gains", []),
                    {k: v for k, v in index.items() if k not in known})

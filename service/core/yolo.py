@@ -111,3 +111,13 @@ def write_data_yaml(folder: str | os.PathLike[str], names: Sequence[str],
     out = Path(folder) / DATA_YAML
     out.write_text(f"# {comment}\n{text}" if comment else text)
     return out
+
+
+def pixel_boxes(rows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """YOLO rows as integer pixel boxes x0, y0, x1, y1 (end exclusive), clipped to the image
+    of `shape` (height, width).  # [k, 4]"""
+    h, w = shape
+    boxes = np.rint(xyxy(np.asarray(rows, np.float64).reshape(-1, 5), shape)).astype(np.int64)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return boxes

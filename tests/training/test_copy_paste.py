@@ -10,13 +10,12 @@ import yaml
 from PIL import Image
 
 from service.core.datasets import read_image
-from service.core.yolo import read_rows
+from service.core.yolo import pixel_boxes, read_rows
 from training.bins import bin_floor
 from training.copy_paste import (
     cut_out,
     empty_bin,
     paste,
-    pixel_boxes,
     turn,
     write_copy_paste,
 )

@@ -76,6 +76,18 @@ def test_masks_follow_the_products_not_their_boxes():
     assert 1 < bank.noise < 4  # the photos' noise was sd 2
 
 
+def test_colour_casts_are_measured_divided_out_and_kept():
+    shots, _ = photos()
+    cast = np.array([1.2, 1.0, 0.8])
+    shots[3] = Photo(shots[3].name, np.clip(shots[3].image * cast, 0, 255).astype(np.uint8),
+                     shots[3].rows)
+    bank = build_bank(shots, ["a", "b"])
+    assert np.allclose(bank.gains[3], cast, atol=0.03)
+    assert np.allclose(np.delete(bank.gains, 3, axis=0), 1, atol=0.03)
+    error = np.abs(bank.empty.astype(np.float32) - floor()).max(axis=2)
+    assert np.median(error) < 3
+
+
 def test_an_uploaded_empty_bin_replaces_the_estimate_at_the_working_size():
     shots, _ = photos(5)
     upload = cv2.resize(np.clip(floor(), 0, 255).astype(np.uint8), (320, 240))

@@ -14,11 +14,12 @@ def test_a_saved_bank_loads_back_identical(tmp_path):
                           np.round(rng.random((9 + i, 7)) * 255).astype(np.float32) / 255,
                           f"photo{i}", 0.25 * i) for i in range(3)]
     bank = ObjectBank(objects, rng.integers(0, 256, (30, 40, 3), np.uint8), ["a", "b"], [1, 2],
-                      (0.1, 0.2, 0.8, 0.9), 3.5, "upload")
+                      (0.1, 0.2, 0.8, 0.9), 3.5, "upload", [[1.0, 0.9, 1.1], [1.2, 1.0, 1.0]])
     bank.save(tmp_path)
     loaded = ObjectBank.load(tmp_path)
     assert (loaded.empty == bank.empty).all() and loaded.names == ["a", "b"]
     assert loaded.counts == [1, 2] and loaded.floor == bank.floor and loaded.noise == 3.5
+    assert loaded.gains == bank.gains and loaded.empty_source == "upload"
     for a, b in zip(bank.objects, loaded.objects, strict=True):
         assert a.cls == b.cls and a.source == b.source and a.occluded == b.occluded
         assert (a.pixels == b.pixels).all() and np.abs(a.alpha - b.alpha).max() < 1e-6
