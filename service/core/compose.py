@@ -107,28 +107,36 @@ def _visible(alphas: list[np.ndarray]) -> list[np.ndarray]:
     return shown[::-1]
 
 
-def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
-            settings: ComposeSettings = DEFAULTS) -> Composite:
-    """One new arrangement of the bank's products on its empty bin, long side `size`."""
-    height, width = output_shape(bank, size)
-    base_scale = width / bank.shape[1]
-    image = cv2.resize(bank.empty, (width, height),
-                       interpolation=cv2.INTER_AREA if base_scale < 1 else cv2.INTER_LINEAR)
-    image = image.astype(np.float32) * _shading((height, width), settings.shading, rng)
-    fx0, fy0, fx1, fy1 = (bank.floor[0] * width, bank.floor[1] * height,
-                          bank.floor[2] * width, bank.floor[3] * height)
+Layer = tuple[int, np.ndarray, np.ndarray]  # class, alpha [H, W], pixels [H, W, 3] (canvas)
 
+
+def _pick(bank: ObjectBank, settings: ComposeSettings, rng: np.random.Generator) -> np.ndarray:
+    """Which bank objects one image holds (indices, drawn with replacement)."""
     # A photo's count, one fewer or one more, within the photos' range and `extra_objects`.
     count = int(rng.choice(bank.counts)) + int(rng.integers(-1, 2))
-    count = int(np.clip(count, max(min(bank.counts), 1), max(bank.counts) + settings.extra_objects))
-    # Products the photos showed whole make better cut-outs: those that shared much of their
-    # box with another are left out while their class has whole ones, and drawn less.
+    count = int(np.clip(count, max(min(bank.counts), 1),
+                        max(bank.counts) + settings.extra_objects))
+    # Classes as often as in the photos. Within a class, products the photos showed whole make
+    # better cut-outs: those that shared much of their box with another are left out while
+    # the class has whole ones, and the rest drawn by how little they shared.
+    classes = np.array([o.cls for o in bank.objects])
     weights = np.array([(1 - o.occluded) ** 2 + 0.05 for o in bank.objects])
     whole = {o.cls for o in bank.objects if o.occluded <= MOSTLY_WHOLE}
     weights *= [o.occluded <= MOSTLY_WHOLE or o.cls not in whole for o in bank.objects]
-    picks = rng.choice(len(bank.objects), size=count, p=weights / weights.sum())
+    for c in np.unique(classes):  # each class's weights sum to its share of the objects
+        weights[classes == c] *= (classes == c).sum() / weights[classes == c].sum()
+    return rng.choice(len(bank.objects), size=count, p=weights / weights.sum())
 
-    layers: list[tuple[int, np.ndarray, np.ndarray]] = []  # class, alpha, pixels (full canvas)
+
+def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
+           settings: ComposeSettings, rng: np.random.Generator) -> list[Layer]:
+    """Each pick transformed and put on the floor, bottom first; a product that finds no spot
+    leaving every product `min_visible` in view within `tries` is left out."""
+    height, width = shape
+    base_scale = width / bank.shape[1]
+    fx0, fy0, fx1, fy1 = (bank.floor[0] * width, bank.floor[1] * height,
+                          bank.floor[2] * width, bank.floor[3] * height)
+    layers: list[Layer] = []
     for index in picks:
         obj = bank.objects[int(index)]
         scale = base_scale * (1 + rng.uniform(-settings.scale_jitter, settings.scale_jitter))
@@ -152,15 +160,21 @@ def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
                 canvas[y0 : y0 + h, x0 : x0 + w] = pixels
                 layers.append((obj.cls, full, canvas))
                 break
+    return layers
 
+
+def _draw(image: np.ndarray, layers: list[Layer], settings: ComposeSettings,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The layers drawn over `image` (float32), each with its shadow and blend; returns the
+    image and how much of each pixel is pasted product."""
+    height, width = image.shape[:2]
     mask = np.zeros((height, width), np.float32)
     for _cls, alpha, pixels in layers:
         if rng.random() < settings.shadow:
             offset = np.float32([[1, 0, rng.uniform(-1, 1) * 0.01 * width],
                                  [0, 1, rng.uniform(0.2, 1) * 0.015 * height]])
             shadow = cv2.warpAffine(alpha, offset, (width, height))
-            sigma = max(0.008 * width, 0.6)
-            shadow = cv2.GaussianBlur(shadow, (0, 0), sigma)
+            shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.008 * width, 0.6))
             image *= (1 - rng.uniform(*settings.shadow_strength) * shadow)[..., None]
         blend = settings.blends[int(rng.integers(len(settings.blends)))]
         if blend == "hard":
@@ -171,15 +185,26 @@ def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
             weight = alpha
         image = image * (1 - weight[..., None]) + pixels * weight[..., None]
         mask = np.maximum(mask, weight)
+    return image, mask
 
+
+def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
+            settings: ComposeSettings = DEFAULTS) -> Composite:
+    """One new arrangement of the bank's products on its empty bin, long side `size`."""
+    height, width = output_shape(bank, size)
+    upscale = width > bank.shape[1]
+    image = cv2.resize(bank.empty, (width, height),
+                       interpolation=cv2.INTER_LINEAR if upscale else cv2.INTER_AREA)
+    image = image.astype(np.float32) * _shading((height, width), settings.shading, rng)
+    layers = _place(bank, _pick(bank, settings, rng), (height, width), settings, rng)
+    image, mask = _draw(image, layers, settings, rng)
     if bank.gains:  # one photo's colour cast, on everything
         image *= np.asarray(bank.gains[int(rng.integers(len(bank.gains)))], np.float32)
     if bank.noise > 0:  # the floor is a median, without the photos' noise; products have it
         noise = rng.normal(0, bank.noise, image.shape).astype(np.float32)
         image += noise * (1 - mask[..., None])
-    shown = _visible([a for _, a, _ in layers])
     cls, boxes = [], []
-    for (c, _, _), visible in zip(layers, shown, strict=True):
+    for (c, _, _), visible in zip(layers, _visible([a for _, a, _ in layers]), strict=True):
         ys, xs = np.nonzero(visible)
         if len(xs):
             cls.append(c)
