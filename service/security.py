@@ -226,11 +226,12 @@ def safe_names(uploaded: list[str], paths: list[Path], field: str) -> list[str]:
     return names
 
 
-def checked_images(paths: list[Path], names: list[str], max_pixels: int) -> list[UploadedFile]:
+def checked_images(paths: list[Path], names: list[str], max_pixels: int,
+                   field_name: str = "images") -> list[UploadedFile]:
     """Every upload must be a PNG or JPEG of at most `max_pixels` that decodes completely."""
     checked = []
     for i, (path, name) in enumerate(zip(paths, names, strict=True)):
-        field = f"images[{i}]"
+        field = f"{field_name}[{i}]"
         try:
             with Image.open(path) as image:  # reads the header only
                 width, height = image.size
@@ -283,7 +284,7 @@ def checked_empty(empty: Path, names: dict[str, list[str]], settings: ServiceSet
                   ) -> UploadedFile:
     """Check a /finetune upload's optional photo of the empty bin."""
     name = safe_names(names.get("empty", []), [empty], "empty")
-    return checked_images([empty], name, settings.max_pixels)[0]
+    return checked_images([empty], name, settings.max_pixels, "empty")[0]
 
 
 def checked_uploads(

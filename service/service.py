@@ -135,7 +135,9 @@ class Boxgen:
                  labels: list[Path] = Field(default_factory=list),  # noqa: B008
                  iterations: FinetuneIterations = None,
                  recipe: FinetuneRecipe = DEFAULT_RECIPE,
-                 empty: Path | None = None) -> FinetuneAccepted:
+                 # A list like `labels`: BentoML takes an optional file only as one.
+                 empty: list[Path] = Field(default_factory=list),  # noqa: B008
+                 ) -> FinetuneAccepted:
         """Fine-tune `sku` on uploaded photos (YOLO label files optional, matched by name;
         compose also takes an optional photo of the empty bin as `empty`).
 
@@ -145,7 +147,7 @@ class Boxgen:
         checked_sku(sku)
         names = getattr(ctx.request.state, UPLOAD_NAMES_KEY, {})
         uploads, label_files = checked_uploads(images, labels, names, self.settings)
-        empty_file = checked_empty(empty, names, self.settings) if empty is not None else None
+        empty_file = checked_empty(empty[0], names, self.settings) if empty else None
         if not self.repository.versions(BASE):
             raise RequestError("no pretrained base in the model repository; publish one with "
                                "`boxgen pretrain --models DIR`", "sku", status=409)

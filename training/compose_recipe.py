@@ -65,6 +65,11 @@ def read_photos(images: Path, labels: Path | None, models: Path
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
     if labels is not None:
+        stems = {f.stem for f in files}
+        for extra in sorted(Path(labels).glob("*.txt")):
+            if extra.stem not in stems:
+                raise ValueError(f"label file {extra.name} matches no image (labels pair with "
+                                 "images by name)")
         label_files = [p if p.is_file() else None
                        for p in (Path(labels) / f"{f.stem}.txt" for f in files)]
     if not MIN_PHOTOS <= len(files) <= MAX_PHOTOS:

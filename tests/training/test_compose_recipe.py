@@ -111,6 +111,11 @@ def test_without_labels_or_labeller_compose_says_what_it_needs(root: Path, tmp_p
         finetune("x", plain, models, out=tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="recipe"):
         finetune("x", plain, models, out=tmp_path / "run", recipe="diffusion")
+    labels = tmp_path / "labels"
+    shutil.copytree(root / "photos" / "labels", labels)
+    (labels / "stray.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(ValueError, match="stray.txt matches no image"):
+        finetune("x", plain, models, out=tmp_path / "run", labels=labels)
 
 
 def test_an_uploaded_empty_bin_is_used(root: Path, tmp_path: Path):
