@@ -172,17 +172,23 @@ def object_alpha(image: np.ndarray, empty: np.ndarray, box: np.ndarray,
     pad = max(4, int(0.2 * max(x1 - x0, y1 - y0)))
     cx0, cy0, cx1, cy1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, w), min(y1 + pad, h)
     crop = image[cy0:cy1, cx0:cx1]
-    diff = np.abs(cv2.GaussianBlur(crop.astype(np.float32), (0, 0), 0.8)
-                  - cv2.GaussianBlur(empty[cy0:cy1, cx0:cx1].astype(np.float32), (0, 0), 0.8)
-                  ).max(axis=2)
     inside = np.zeros(crop.shape[:2], bool)
     inside[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] = True
-    shared = np.zeros_like(inside)
+    boxed = np.zeros_like(inside)  # inside any other box
     for ox0, oy0, ox1, oy1 in others:
-        shared[max(oy0 - cy0, 0) : max(oy1 - cy0, 0), max(ox0 - cx0, 0) : max(ox1 - cx0, 0)] = True
-    shared &= inside
+        boxed[max(oy0 - cy0, 0) : max(oy1 - cy0, 0), max(ox0 - cx0, 0) : max(ox1 - cx0, 0)] = True
+    shared = boxed & inside
+    # The empty bin lit as this spot of this photo: a bright spot or uneven light makes the
+    # floor around a product differ from the median bin, which must not count as product.
+    background = empty[cy0:cy1, cx0:cx1].astype(np.float32)
+    ring = ~inside & ~boxed
+    if ring.sum() >= 16:
+        gain = (np.median(crop[ring], axis=0) + 1) / (np.median(background[ring], axis=0) + 1)
+        background = background * gain.clip(0.5, 2.0)
+    diff = np.abs(cv2.GaussianBlur(crop.astype(np.float32), (0, 0), 0.8)
+                  - cv2.GaussianBlur(background, (0, 0), 0.8)).max(axis=2)
     # Shadow: the floor darkened evenly in every channel, which is floor, not product.
-    ratio = (crop.astype(np.float32) + 1) / (empty[cy0:cy1, cx0:cx1].astype(np.float32) + 1)
+    ratio = (crop.astype(np.float32) + 1) / (background + 1)
     shadow = ((ratio.max(axis=2) < SHADOW_RATIO[1]) & (ratio.min(axis=2) > SHADOW_RATIO[0])
               & (ratio.max(axis=2) - ratio.min(axis=2) < SHADOW_CHROMA))
     differs = (diff > MIN_DIFF) & ~shadow
