@@ -13,6 +13,8 @@ import numpy as np
 from service.core.gan_session import to_uint8
 from service.core.onnx_session import open_session
 
+BATCH_PIXELS = 16 * 256 * 256  # pixels per run: activations stay ~1 GB at 32 channels
+
 
 class RefinerSession:
     """A refiner ONNX file: ("composite" [N, 3, H, W], "mask" [N, 1, H, W]) -> "image"."""
@@ -26,7 +28,9 @@ class RefinerSession:
     def refine(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Refine uint8 composites [N, H, W, 3] given their product masks [N, H, W] in [0, 1].
 
-        Returns uint8 [N, H, W, 3]; runs in batches of `batch_size`, N = 0 gives an empty batch.
+        Returns uint8 [N, H, W, 3]; runs in batches of `batch_size`, fewer for large images (at
+        most `BATCH_PIXELS` pixels per run: a 1024 px batch of 16 would hold gigabytes of
+        activations); N = 0 gives an empty batch.
         """
         if images.ndim != 4 or images.shape[3] != 3 or masks.shape != images.shape[:3]:
             raise ValueError(
@@ -35,12 +39,13 @@ class RefinerSession:
             )
         if len(images) == 0:
             return np.zeros(images.shape, np.uint8)
+        batch = max(1, min(self.batch_size, BATCH_PIXELS // (images.shape[1] * images.shape[2])))
         parts = []
-        for i in range(0, len(images), self.batch_size):
+        for i in range(0, len(images), batch):
             # uint8 NHWC -> float NCHW in [-1, 1], the network's scale.
-            comp = images[i : i + self.batch_size].transpose(0, 3, 1, 2).astype(np.float32)
+            comp = images[i : i + batch].transpose(0, 3, 1, 2).astype(np.float32)
             comp = comp / np.float32(127.5) - np.float32(1.0)
-            mask = np.asarray(masks[i : i + self.batch_size], np.float32)[:, None]
+            mask = np.asarray(masks[i : i + batch], np.float32)[:, None]
             (out,) = self.session.run(None, {"composite": comp, "mask": mask})
             parts.append(to_uint8(out))
         return np.concatenate(parts)

@@ -54,3 +54,19 @@ def test_empty_batch_and_bad_shapes(session):
     assert out.shape == (0, 24, 30, 3) and out.dtype == np.uint8
     with pytest.raises(ValueError, match="masks"):
         session.refine(np.zeros((2, 24, 30, 3), np.uint8), np.zeros((2, 24, 31), np.float32))
+
+
+def test_large_images_run_in_smaller_batches(session, monkeypatch):
+    from service.core import refiner_session
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)
+    masks = np.ones((5, 40, 40), np.float32)
+    whole = session.refine(images, masks)
+    calls = []
+    run = session.session.run
+    monkeypatch.setattr(session.session, "run", lambda *a: calls.append(a[1]) or run(*a),
+                        raising=False)
+    monkeypatch.setattr(refiner_session, "BATCH_PIXELS", 2 * 40 * 40)  # two images a run
+    assert np.array_equal(session.refine(images, masks), whole)
+    assert [len(c["composite"]) for c in calls] == [2, 2, 1]
