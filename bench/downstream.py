@@ -56,7 +56,7 @@ RESULTS = Path(__file__).parent / "results"
 # The generators a SKU can be fine-tuned with (`boxgen finetune` arguments): one (b) and (e)
 # row each. compose-raw is compose without its refiner: the refiner stays on only if it wins.
 RECIPES: dict[str, dict[str, Any]] = {
-    "compose": {"recipe": "compose"},
+    "compose": {"recipe": "compose", "refine": True},
     "compose-raw": {"recipe": "compose", "refine": False},
     "gan": {"recipe": "gan"},
 }

@@ -42,7 +42,7 @@ from typing import Any, Literal, get_args
 
 from service import metrics
 from service.core.atomic import read_json, write_json_atomic
-from service.core.cards import DEFAULT_RECIPE, STATUS_FILE, FinetuneStatus
+from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE, STATUS_FILE, FinetuneStatus
 from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
 from service.security import UploadedFile
 
@@ -71,6 +71,7 @@ class Job:
     labels: int = 0
     iterations: int | None = None  # None: the fine-tune's default
     recipe: str = "gan"  # jobs stored before recipes existed were gan fine-tunes
+    refine: bool = DEFAULT_REFINE  # compose: train the refiner
     empty: str | None = None  # the uploaded empty-bin photo's file name, under empty/
     started_at: float | None = None
     finished_at: float | None = None
@@ -107,11 +108,12 @@ class JobStore:
 
     def create(self, sku: str, images: list[UploadedFile], labels: list[UploadedFile],
                iterations: int | None, recipe: str = DEFAULT_RECIPE,
-               empty: UploadedFile | None = None) -> Job:
+               empty: UploadedFile | None = None, refine: bool = DEFAULT_REFINE) -> Job:
         """Store the uploads and a queued record; the job becomes visible only when complete."""
         self.root.mkdir(parents=True, exist_ok=True)
         job = Job(id=uuid.uuid4().hex, sku=sku, state="queued", created_at=time.time(),
                   images=len(images), labels=len(labels), iterations=iterations, recipe=recipe,
+                  refine=refine,
                   empty=empty.name if empty is not None else None)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
@@ -199,6 +201,7 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
         command += ["--labels", str(folder / "labels")]
     if job.iterations is not None:
         command += ["--iterations", str(job.iterations)]
+    command.append("--refine" if job.refine else "--no-refine")
     return command + list(extra_args)
 
 

@@ -109,6 +109,8 @@ FinetuneIterations = Annotated[int | None, Field(
     ge=1, le=SETTINGS.max_iterations,
     description="Training steps: the refiner's (compose) or the generator's (gan); default "
     "the recipe's profile.")]
+FinetuneRefine = Annotated[bool, Field(
+    description="compose: train the per-SKU refiner (otherwise the plain composites serve).")]
 FinetuneRecipe = Annotated[Recipe, Field(
     description="compose: new arrangements of the photos' own products, refined (default); "
     "gan: the thesis' WGAN-GP fine-tune.")]

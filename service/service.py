@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from service import metrics
-from service.core.cards import DEFAULT_RECIPE
+from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE
 from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
 from service.core.repository import BASE, ModelNotFound, ModelRepository
 from service.errors import RequestError, answers_errors, error_body, error_response
@@ -36,6 +36,7 @@ from service.schemas import (
     FinetuneAccepted,
     FinetuneIterations,
     FinetuneRecipe,
+    FinetuneRefine,
     FinetuneSku,
     GenerateRequest,
     GenerateResponse,
@@ -135,6 +136,7 @@ class Boxgen:
                  labels: list[Path] = Field(default_factory=list),  # noqa: B008
                  iterations: FinetuneIterations = None,
                  recipe: FinetuneRecipe = DEFAULT_RECIPE,
+                 refine: FinetuneRefine = DEFAULT_REFINE,
                  # A list like `labels`: BentoML takes an optional file only as one.
                  empty: list[Path] = Field(default_factory=list),  # noqa: B008
                  ) -> FinetuneAccepted:
@@ -152,7 +154,7 @@ class Boxgen:
             raise RequestError("no pretrained base in the model repository; publish one with "
                                "`boxgen pretrain --models DIR`", "sku", status=409)
         job = self.jobs.create(sku, uploads, label_files, iterations or
-                               self.settings.default_iterations, recipe, empty_file)
+                               self.settings.default_iterations, recipe, empty_file, refine)
         return FinetuneAccepted(job_id=job.id, state=job.state)
 
     @jobs_api.get("/jobs", response_model=JobList)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from service.core.cards import DEFAULT_RECIPE, GENERATOR_RECIPES, GeneratorCard, LabellerCard
+from service.core.cards import (
+    DEFAULT_RECIPE,
+    DEFAULT_REFINE,
+    GENERATOR_RECIPES,
+    GeneratorCard,
+    LabellerCard,
+)
 from service.core.compose import MAX_SIZE
 from service.core.repository import ModelNotFound
 from service.core.selector import SELECT_MODES
@@ -197,7 +203,7 @@ def pretrain(
 )
 @click.option(
     "--refine/--no-refine",
-    default=True,
+    default=DEFAULT_REFINE,
     show_default=True,
     help="compose: train the refiner (--no-refine serves the plain composites).",
 )

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.core.cards import GeneratorCard
+from service.core.cards import DEFAULT_REFINE, GeneratorCard
 from service.core.compose import DEFAULT_SIZE, compose
 from service.core.compose_session import ComposeSession
 from service.core.datasets import IMAGE_SUFFIXES, read_image
@@ -141,7 +141,7 @@ def finetune_compose(
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
     status: StatusFile | None = None,
-    refine: bool = True,
+    refine: bool = DEFAULT_REFINE,
 ) -> ModelVersion:
     """Build the bank, train the refiner (unless `refine` is False), judge, publish."""
     models, out = Path(models), Path(out)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from service.core.atomic import write_json_atomic
-from service.core.cards import DEFAULT_RECIPE, GENERATOR_RECIPES, GeneratorCard
+from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE, GENERATOR_RECIPES, GeneratorCard
 from service.core.gan_session import latents, to_uint8
 from service.core.labeller_session import LabellerSession
 from service.core.limits import MAX_PHOTOS, MIN_PHOTOS
@@ -135,7 +135,7 @@ def finetune(
     labels: Path | None = None,
     recipe: str = DEFAULT_RECIPE,
     empty: Path | None = None,
-    refine: bool = True,
+    refine: bool = DEFAULT_REFINE,
 ) -> ModelVersion:
     """Make the SKU's next version from `images` (5 to 100 photos, any size) by `recipe`.
 

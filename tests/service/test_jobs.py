@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.cards import DEFAULT_REFINE
 from service.jobs import (
     MAX_ATTEMPTS,
     JobNotFound,
@@ -79,7 +80,14 @@ def test_finetune_command_follows_the_cli_contract(tmp_path: Path):
     assert pairs["--out"] == str(folder / "run")
     assert pairs["--status-file"] == str(folder / "status.json")
     assert pairs["--iterations"] == "9" and pairs["--sku"] == "sku-a"
+    assert pairs["--recipe"] == "compose"
+    assert command[-3] == ("--refine" if DEFAULT_REFINE else "--no-refine")
     assert command[-2:] == ["--set", "augment=none"]
+    job = store.create("sku-b", *upload(tmp_path, 5, 0), iterations=None, recipe="gan",
+                       refine=False)
+    command = finetune_command(store, job)
+    assert command[-1] == "--no-refine" and "--labels" not in command
+    assert dict(zip(command[4::2], command[5::2], strict=False))["--recipe"] == "gan"
 
 
 def interrupted_job(store: JobStore, tmp_path: Path, checkpoint: bool, attempts: int = 1):

@@ -67,7 +67,9 @@ def uploads(root: Path, count: int = 10, labels: bool = False) -> list[tuple]:
 
 
 def submit(client: httpx.Client, root: Path, sku: str = NEW_SKU, **fields) -> str:
-    response = client.post("/finetune", data={"sku": sku, **fields}, files=uploads(root))
+    # The refiner's steps are what progress, cancel and resume are seen on.
+    response = client.post("/finetune", data={"sku": sku, "refine": "true", **fields},
+                           files=uploads(root))
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "queued"
     return response.json()["job_id"]
@@ -226,7 +228,8 @@ def test_compose_takes_labels_and_an_empty_bin_and_serves_any_size(
     Image.new("RGB", (64, 64), (80, 90, 100)).save(empty, format="PNG")
     files = uploads(root, labels=True) + [("empty", ("empty.png", empty.getvalue(), "image/png"))]
     response = client.post("/finetune", data={"sku": "composed", "iterations": "3",
-                                              "recipe": "compose"}, files=files)
+                                              "recipe": "compose", "refine": "true"},
+                           files=files)
     assert response.status_code == 200, response.text
     job = wait_for(client, response.json()["job_id"], ("succeeded", "failed"))
     assert job["state"] == "succeeded", job

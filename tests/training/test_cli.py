@@ -73,7 +73,7 @@ def test_compose_finetune_and_generate_at_a_size(pipeline):
     """A YOLO folder's labels and names carry through; the base's refiner is the start."""
     models = pipeline / "models"
     invoke("finetune", "--images", pipeline / "sku", "--sku", "sku-c", "--models", models,
-           "--iterations", 2, "--out", pipeline / "ft-c")
+           "--iterations", 2, "--out", pipeline / "ft-c", "--refine")
     card = ModelRepository(models).resolve("sku-c").card
     assert card["recipe"] == "compose" and card["refiner"]["parent"] == "_base/1"
     invoke("generate", "--sku", "sku-c", "-n", 2, "--out", pipeline / "gen-c", "--models",

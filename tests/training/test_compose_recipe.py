@@ -43,7 +43,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def published(root: Path):
     return finetune("tea-box", root / "photos", root / "models", out=root / "run",
-                    overrides=TINY, progress=False, status_file=root / "status.json")
+                    overrides=TINY, progress=False, status_file=root / "status.json",
+                    refine=True)
 
 
 def test_a_compose_version_holds_bank_refiner_and_selection(published, root: Path):
@@ -145,7 +146,7 @@ def test_the_base_refiner_is_pretrained_on_a_corpus_and_fine_tunes_start_from_it
     base = publish_pretrained(Path(base_run), models, state)
     assert BASE_REFINER_FILE in base.read_card(BaseCard).files
     version = finetune("from-base", root / "photos", models, out=tmp_path / "run",
-                       overrides={"iterations": 2}, progress=False)
+                       overrides={"iterations": 2}, progress=False, refine=True)
     refiner = version.read_card(GeneratorCard).refiner
     assert refiner["parent"] == f"{BASE}/{base.version}" and refiner["steps"] == 2
     assert refiner["config"]["channels"] == refiner_profile("tiny").channels  # base's shape
