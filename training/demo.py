@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.core.cards import LabellerCard
+from service.core.cards import DEFAULT_REFINE, LabellerCard
 from service.core.ports import free_port
 from service.core.repository import BASE, LABELLER, ModelRepository
 from service.core.yolo import read_names, write_data_yaml
@@ -40,8 +40,11 @@ class DemoConfig:
     sku_photos: int = 10  # the "ten photos" a new SKU arrives with
     sku_heldout: int = 40  # other real arrangements of the SKU, for evaluation
     pretrain_iterations: int = 1500
-    refiner_pretrain_steps: int = 300  # the base refiner, on the corpus
-    finetune_iterations: int = 300  # the SKU's refiner steps (compose)
+    # The base refiner and the SKU's refiner steps; 0 and DEFAULT_REFINE: the refiner did not
+    # win downstream, so the demo, like a fine-tune, serves plain composites.
+    refiner_pretrain_steps: int = 0
+    refine: bool = DEFAULT_REFINE
+    finetune_iterations: int = 300
     labeller_model: str = "yolov5n.yaml"  # yolov5x.yaml in production; n fits the CPU budget
     labeller_epochs: int = 30  # small-images recipe (imgsz 128, hue jitter): ~3-4 min, 2 CPUs
     labeller_heldout_groups: int = 4  # new product groups (the SKU's among them) for its card
@@ -69,8 +72,8 @@ def contact_sheet(paths: list[Path], out: Path, columns: int = 8) -> Path:
 
 def compose_sheet(photos: Path, models: Path, sku: str, out: Path, n: int = 8,
                   size: int = 256, seed: int = 0) -> Path:
-    """Three rows, side by side: the SKU's photos, composites of their products, and the same
-    composites refined (the row /generate serves from, before selection)."""
+    """Rows side by side: the SKU's photos, composites of their products, and, when the
+    version has a refiner, the same composites refined (what /generate selects from)."""
     from service.core.compose_session import ComposeSession
     from service.core.datasets import image_files, read_image
     from service.core.object_bank import ObjectBank
@@ -81,12 +84,12 @@ def compose_sheet(photos: Path, models: Path, sku: str, out: Path, n: int = 8,
     session = ComposeSession(ObjectBank.load(version.path),
                              refiner if refiner.is_file() else None)
     composites, masks, _ = session.compose(n, seed, size)
-    refined = session.refiner.refine(composites, masks) if session.refiner else composites
+    refined = list(session.refiner.refine(composites, masks)) if session.refiner else []
     real = [np.asarray(Image.fromarray(read_image(f)).resize(composites.shape[2:0:-1]))
             for f in image_files(photos)[:n]]
     tiles = [*real, *([None] * (n - len(real))), *composites, *refined]
     h, w = composites.shape[1:3]
-    sheet = Image.new("RGB", (n * (w + 4), 3 * (h + 4)), "white")
+    sheet = Image.new("RGB", (n * (w + 4), -(-len(tiles) // n) * (h + 4)), "white")
     for i, tile in enumerate(tiles):
         if tile is not None:
             sheet.paste(Image.fromarray(tile), ((i % n) * (w + 4), (i // n) * (h + 4)))
@@ -138,8 +141,9 @@ def run_demo(out: Path, cfg: DemoConfig = DemoConfig()) -> None:
 
     step(f"1/6 built-in corpus: {cfg.pretrain_groups} groups x {cfg.per_group} bins")
     corpus, photos, heldout = render_data(out, cfg)
-    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile) "
-         f"and the compose refiner ({cfg.refiner_pretrain_steps} steps)")
+    step(f"2/6 pretrain the WGAN-GP base ({cfg.pretrain_iterations} iterations, demo profile)"
+         + (f" and the compose refiner ({cfg.refiner_pretrain_steps} steps)"
+            if cfg.refiner_pretrain_steps else ""))
     pretrain_base(corpus, out, models, cfg)
     step(f"3/6 train the labeller ({cfg.labeller_model}, {cfg.labeller_epochs} epochs)")
     train_demo_labeller(corpus, out, models, cfg)
@@ -196,7 +200,8 @@ def pretrain_base(corpus: Path, out: Path, models: Path, cfg: DemoConfig) -> Non
         pretrain(pcfg, corpus, out / "runs" / "base")
         refiner = pretrain_refiner(
             corpus, out / "runs" / "base-refiner",
-            refiner_profile("default").replace(steps=cfg.refiner_pretrain_steps))
+            refiner_profile("default").replace(steps=cfg.refiner_pretrain_steps)
+        ) if cfg.refiner_pretrain_steps else None
         publish_pretrained(out / "runs" / "base", models, refiner)
 
 
@@ -225,7 +230,8 @@ def finetune_sku(photos: Path, out: Path, models: Path, cfg: DemoConfig) -> None
 
     version = finetune(cfg.sku, photos, models,
                        out=out / "runs" / f"finetune-{int(time.time())}",
-                       overrides={"iterations": cfg.finetune_iterations}, recipe="compose")
+                       overrides={"iterations": cfg.finetune_iterations}, recipe="compose",
+                       refine=cfg.refine)
     click.echo(f"published {cfg.sku} version {version.version}")
 
 

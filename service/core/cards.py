@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # own products into new arrangements (and refines them); `gan` samples a fine-tuned WGAN-GP.
 Recipe = Literal["compose", "gan"]
 DEFAULT_RECIPE: Recipe = "compose"  # for new SKUs; a card without a recipe is an older gan
-# Whether compose trains its refiner unless told: on only while it wins downstream
-# (bench/results/downstream.md, rows compose and compose-raw).
-DEFAULT_REFINE = True
+# Whether compose trains its refiner unless told: on only while it wins downstream. It did
+# not (bench/results/downstream.md: +compose vs +compose-raw within noise on every group).
+DEFAULT_REFINE = False
 GENERATOR_RECIPES: tuple[str, ...] = get_args(Recipe)
 STATUS_FILE = "status.json"  # a fine-tune job's FinetuneStatus, beside its run folder
 
