@@ -27,6 +27,10 @@ MAX_SIZE = 1024  # longest side a request may ask for
 DEFAULT_SIZE = 256
 LABEL_ALPHA = 0.5  # a pixel with this much product counts as product for its label
 MOSTLY_WHOLE = 0.35  # a cut-out whose box shared at most this much with others
+# The photos show overlapping products when at least this fraction of the cut-outs shared more
+# than `OVERLAP_SHARE` of their box: then composites overlap too; otherwise products stay
+# apart, as in the photos (a tidy bin's products, overlapped, read as broken ones).
+OVERLAP_SHARE, OVERLAP_OBJECTS = 0.1, 0.2
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,18 @@ def _pick(bank: ObjectBank, settings: ComposeSettings, rng: np.random.Generator)
     return rng.choice(len(bank.objects), size=count, p=weights / weights.sum())
 
 
+def overlapping(bank: ObjectBank) -> bool:
+    """Whether the photos show products overlapping (see `OVERLAP_SHARE`)."""
+    return np.mean([o.occluded > OVERLAP_SHARE for o in bank.objects]) >= OVERLAP_OBJECTS
+
+
 def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
            settings: ComposeSettings, rng: np.random.Generator) -> list[Layer]:
     """Each pick transformed and put on the floor, bottom first; a product that finds no spot
-    leaving every product `min_visible` in view within `tries` is left out."""
+    leaving every product `min_visible` in view (all of it, when the photos show no overlaps)
+    within `tries` is left out."""
     height, width = shape
+    min_visible = settings.min_visible if overlapping(bank) else 1.0
     base_scale = width / bank.shape[1]
     fx0, fy0, fx1, fy1 = (bank.floor[0] * width, bank.floor[1] * height,
                           bank.floor[2] * width, bank.floor[3] * height)
@@ -154,7 +165,7 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
             full[y0 : y0 + h, x0 : x0 + w] = alpha
             candidate = [a for _, a, _ in layers] + [full]
             shown = _visible(candidate)
-            if all(s.sum() >= settings.min_visible * max((a >= LABEL_ALPHA).sum(), 1)
+            if all(s.sum() >= min_visible * max((a >= LABEL_ALPHA).sum(), 1)
                    for s, a in zip(shown, candidate, strict=True)):
                 canvas = np.zeros((height, width, 3), np.float32)
                 canvas[y0 : y0 + h, x0 : x0 + w] = pixels

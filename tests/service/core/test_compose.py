@@ -16,8 +16,10 @@ COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30), (230, 30
 PLAIN = ComposeSettings(shadow=0.0, shading=0.0, blends=("hard",), extra_objects=3)
 
 
-def flat_bank(shape: tuple[int, int] = (120, 160), counts: tuple[int, ...] = (3, 5)
-              ) -> ObjectBank:
+def flat_bank(shape: tuple[int, int] = (120, 160), counts: tuple[int, ...] = (3, 5),
+              occluded: float = 0.3) -> ObjectBank:
+    """`occluded`: how much of each cut-out's box others shared in its photo (0: the photos
+    show no overlaps, so composites have none)."""
     rng = np.random.default_rng(0)
     objects = []
     for cls, colour in enumerate(COLOURS):
@@ -25,7 +27,8 @@ def flat_bank(shape: tuple[int, int] = (120, 160), counts: tuple[int, ...] = (3,
         yy, xx = np.mgrid[:h, :w]
         alpha = (((yy - h / 2 + 0.5) / (h / 2)) ** 2 + ((xx - w / 2 + 0.5) / (w / 2)) ** 2
                  <= 1).astype(np.float32)  # an ellipse: rotation changes its box
-        objects.append(BankObject(cls, np.full((h, w, 3), colour, np.uint8), alpha))
+        objects.append(BankObject(cls, np.full((h, w, 3), colour, np.uint8), alpha,
+                                  occluded=occluded))
     empty = np.full((*shape, 3), 128, np.uint8)
     return ObjectBank(objects, empty, [f"p{i}" for i in range(12)], list(counts),
                       (0.1, 0.1, 0.9, 0.9))
@@ -67,6 +70,22 @@ def test_every_product_keeps_its_minimum_in_view():
             whole = bank.objects[cls].alpha.sum() * (128 / 160) ** 2
             if list(c.cls).count(cls) == 1:
                 assert visible >= 0.6 * whole * 0.8  # resampling moves the edge a little
+
+
+def test_products_stay_apart_when_the_photos_show_no_overlaps():
+    from service.core.compose import LABEL_ALPHA, _pick, _place, overlapping
+
+    apart, piled = flat_bank(counts=(6,), occluded=0.0), flat_bank(counts=(6,))
+    assert not overlapping(apart) and overlapping(piled)
+    rng = np.random.default_rng(4)
+    hidden = {}
+    for name, bank in (("apart", apart), ("piled", piled)):
+        hidden[name] = 0
+        for _ in range(15):
+            layers = _place(bank, _pick(bank, PLAIN, rng), (96, 128), PLAIN, rng)
+            solid = np.stack([a >= LABEL_ALPHA for _, a, _ in layers]).sum(axis=0)
+            hidden[name] += int((solid > 1).sum())
+    assert hidden["apart"] == 0 and hidden["piled"] > 0
 
 
 def test_counts_follow_the_photos_and_go_somewhat_beyond():
