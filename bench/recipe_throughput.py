@@ -4,12 +4,13 @@
 
 Both SKUs are published into a scratch copy of `--models` (its labeller is used): a gan SKU
 from an untrained generator of the profile whose resolution is `--size` (`thesis` for 256:
-speed does not depend on the weights), and a compose SKU from ten rendered cluttered bins with
-an untrained default refiner (the same compute as a trained one). Each is timed through
-`Pipeline.generate` as `/generate` runs it with select=none (gan: sample, then the labeller
-labels; compose: compose and refine, labels by construction), after a warm-up call; medians of
-`--repeats`. Prints labelled images/s and the compose/gan ratio, then compose's rate with
-select=green (labeller check and judge included; the untrained gan has no selection data).
+speed does not depend on the weights), and two compose SKUs from ten rendered cluttered bins:
+plain composites (the default) and with a refiner trained one step (the same compute as a
+trained one). Each is timed through `Pipeline.generate` as `/generate` runs it with
+select=none (gan: sample, then the labeller labels; compose: compose (and refine), labels by
+construction), after a warm-up call; medians of `--repeats`. Prints labelled images/s and the
+compose/gan ratios, then compose's rate with select=green (labeller check and judge
+included; the untrained gan has no selection data).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from service.core.repository import LABELLER, ModelRepository
 
 
 def publish_skus(models: Path, size: int, work: Path) -> None:
-    """The gan SKU `gan-{size}` and the compose SKU `compose-{size}` in `models`."""
+    """The gan SKU `gan-{size}` and the compose SKUs `compose-{size}` (plain) and
+    `refined-{size}` in `models`."""
     from training.config import PROFILES
     from training.finetune import finetune
     from training.loop import build_networks
@@ -50,8 +52,9 @@ def publish_skus(models: Path, size: int, work: Path) -> None:
         generator_args=generator.init_args(), onnx_parity_max_abs=parity))
     photos = write_corpus(work / "photos", 1, 10, (size, size), first_group=30,
                           scene="cluttered")
-    finetune(f"compose-{size}", photos, models, out=work / "run", progress=False,
-             overrides={"iterations": 1})
+    finetune(f"compose-{size}", photos, models, out=work / "run", progress=False, refine=False)
+    finetune(f"refined-{size}", photos, models, out=work / "refined", progress=False,
+             overrides={"iterations": 1}, refine=True)
 
 
 def images_per_second(pipeline: Pipeline, sku: str, n: int, select: str, size: int | None,
@@ -83,8 +86,10 @@ def main() -> None:
                                 args.repeats)
         compose = images_per_second(pipeline, f"compose-{args.size}", args.n, "none",
                                     args.size, args.repeats)
+        refined = images_per_second(pipeline, f"refined-{args.size}", args.n, "none",
+                                    args.size, args.repeats)
         print(f"select=none: gan {gan:.1f} labelled img/s, compose {compose:.1f} "
-              f"({compose / gan:.2f}x)")
+              f"({compose / gan:.2f}x), compose refined {refined:.1f} ({refined / gan:.2f}x)")
         green = images_per_second(pipeline, f"compose-{args.size}", args.n, "green",
                                   args.size, args.repeats)
         print(f"select=green: compose {green:.1f} img/s served (judged and checked)")
