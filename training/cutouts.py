@@ -10,10 +10,10 @@ Offline and without downloads (no SAM, no rembg):
   boxes (and a margin) are left out, then only the products' masks (widened): a cluttered
   bin shows far more floor between its products than between their boxes. An uploaded photo
   of the empty bin replaces the estimate.
-- Each product's **mask** starts from its colour difference to that empty bin inside its box,
-  refined with OpenCV GrabCut (pixels outside the box are floor; pixels shared with another
-  box, and shadow, an even darkening of the floor, start as probable floor), then given
-  soft edges.
+- Each product's **mask** starts from its colour difference, inside its box, to that empty
+  bin lit like the floor around the box (a bright spot is not product), refined with GrabCut
+  (pixels outside the box are floor; pixels shared with another box, and shadow, an even
+  darkening of the floor, start as probable floor), then given soft edges.
 - Photos of any size are first scaled to one working size (long side at most
   `BANK_MAX_SIDE`, the first photo's aspect): the median needs aligned pixels.
 """

@@ -259,7 +259,7 @@ def judge_and_select(photos: Path, heldout: Path, out: Path, models: Path,
     result = generate_dataset(cfg.sku, cfg.select_n, generated, models, seed=cfg.seed)
     click.echo(
         f"selected {len(result.images)} green images from {result.tried} samples into "
-        f"{generated}; photos, composites and refined images side by side: {sheet}"
+        f"{generated}; the photos beside composites of their products: {sheet}"
     )
     return sheet
 
