@@ -34,6 +34,7 @@ SCENES = {12: "tidy", 13: "tidy"}  # other groups: cluttered
 
 def judge_group(group: int, models: Path, work: Path, samples: int, real: int,
                 size: int) -> dict:
+    from training.compose_recipe import judge_samples
     from training.demo import compose_sheet
     from training.finetune import finetune
     from training.render import make_group, write_corpus
@@ -60,8 +61,7 @@ def judge_group(group: int, models: Path, work: Path, samples: int, real: int,
     entry = cache.repository.resolve(sku)
     session, selector, labeller = cache.generator(entry), cache.selector(entry), \
         cache.load_labeller()
-    images, built = session.sample(samples, seed=0, size=size)
-    scores = selector.score(images, labeller.label(images), [b.boxes for b in built])
+    scores = judge_samples(session, selector, labeller, samples, size)
     held = [read_image(f) for f in files[10:]]
     truth = [pixel_boxes(read_rows(corpus / "labels" / f"{f.stem}.txt"), im.shape[:2])
              for f, im in zip(files[10:], held, strict=True)]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from service.core.repository import (
     ModelRepository,
     ModelVersion,
 )
-from service.core.selector import Selector, category_fractions
+from service.core.selector import ImageScore, Selector, category_fractions
 from service.core.yolo import pixel_boxes, read_names, read_rows
 from training.callbacks import StatusFile
 from training.checkpoint import load_checkpoint
@@ -167,17 +168,13 @@ def finetune_compose(
             size = max(TRAIN_SIZE, -(-cfg.crop * max(bank.shape) // min(bank.shape)))
             train_photos = [resized(p.image, size) for p in photos]
 
-            def composites(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-                made = [compose(bank, size, rng) for _ in range(k)]
-                return np.stack([c.image for c in made]), np.stack([c.mask for c in made])
-
             def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
                 if status is not None:
                     status.update(stage="training", iteration=step, iterations=total,
                                   metrics=metrics)
 
             # The run folder holds the refiner's checkpoints, where a resumed job looks.
-            state = train_refiner(train_photos, composites, cfg, out, init=init,
+            state = train_refiner(train_photos, composites([bank], size), cfg, out, init=init,
                                   progress=progress, on_step=on_step)
             if status is not None:
                 status.update(stage="publishing")
@@ -189,7 +186,7 @@ def finetune_compose(
         elif status is not None:
             status.update(stage="publishing")
         if ModelRepository(models).versions(LABELLER):
-            selector, report = judge(staged, photos, bank, models)
+            selector, report = judge(staged, photos, models)
             card["selection"] = selector.save(staged)
             files[selector.describe()["file"]] = staged / selector.describe()["file"]
             card["evaluation"] = report
@@ -220,17 +217,22 @@ def pretrain_refiner(corpus: Path, out: Path, cfg: RefinerConfig | None = None,
     if not banks:
         raise ValueError(f"{corpus} has no labelled products to pretrain the refiner on")
 
-    def composites(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        made = [compose(banks[int(rng.integers(len(banks)))], TRAIN_SIZE, rng)
-                for _ in range(k)]
+    return train_refiner(real, composites(banks, TRAIN_SIZE), cfg or refiner_profile("default"),
+                         Path(out), progress=progress)
+
+
+def composites(banks: list[ObjectBank], size: int
+               ) -> Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """What the refiner trains on: `k` composites (images, masks) of a random bank each."""
+
+    def make(k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        made = [compose(banks[int(rng.integers(len(banks)))], size, rng) for _ in range(k)]
         return np.stack([c.image for c in made]), np.stack([c.mask for c in made])
 
-    return train_refiner(real, composites, cfg or refiner_profile("default"), Path(out),
-                         progress=progress)
+    return make
 
 
-def judge(staged: Path, photos: list[Photo], bank: ObjectBank, models: Path
-          ) -> tuple[Selector, dict[str, Any]]:
+def judge(staged: Path, photos: list[Photo], models: Path) -> tuple[Selector, dict[str, Any]]:
     """The selector calibrated on the photos, and its verdict on `EVAL_SAMPLES` images made
     exactly as the published version will make them."""
     labeller = LabellerSession.from_repository(models)
@@ -241,14 +243,19 @@ def judge(staged: Path, photos: list[Photo], bank: ObjectBank, models: Path
                                 [pixel_boxes(p.rows, p.image.shape[:2]) for p in photos])
     else:  # the labeller sees none of this product: novelty and fidelity only
         selector = Selector.fit(pixels, None)
-    refiner = staged / REFINER_FILE
-    session = ComposeSession(ObjectBank.load(staged), refiner if refiner.is_file() else None)
-    images, built = session.sample(EVAL_SAMPLES, seed=0, size=TRAIN_SIZE)
-    scores = selector.score(images, labeller.label(images), [b.boxes for b in built])
+    scores = judge_samples(ComposeSession.from_folder(staged), selector, labeller,
+                           EVAL_SAMPLES, TRAIN_SIZE)
     report = {"n": len(scores), "seed": 0, "size": TRAIN_SIZE,
               "categories": category_fractions(scores),
               "reasons": _reasons(scores)}
     return selector, report
+
+
+def judge_samples(session: ComposeSession, selector: Selector, labeller: LabellerSession,
+                  n: int, size: int, seed: int = 0) -> list[ImageScore]:
+    """`n` raw samples (seed `seed`) judged, their labels checked against the labeller's."""
+    images, built = session.sample(n, seed=seed, size=size)
+    return selector.score(images, labeller.label(images), [b.boxes for b in built])
 
 
 def _reasons(scores: list[Any]) -> dict[str, int]:

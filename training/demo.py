@@ -76,13 +76,8 @@ def compose_sheet(photos: Path, models: Path, sku: str, out: Path, n: int = 8,
     version has a refiner, the same composites refined (what /generate selects from)."""
     from service.core.compose_session import ComposeSession
     from service.core.datasets import image_files, read_image
-    from service.core.object_bank import ObjectBank
-    from service.core.repository import REFINER_FILE
 
-    version = ModelRepository(models).resolve(sku)
-    refiner = version.file(REFINER_FILE)
-    session = ComposeSession(ObjectBank.load(version.path),
-                             refiner if refiner.is_file() else None)
+    session = ComposeSession.from_folder(ModelRepository(models).resolve(sku).path)
     composites, masks, _ = session.compose(n, seed, size)
     refined = list(session.refiner.refine(composites, masks)) if session.refiner else []
     real = [np.asarray(Image.fromarray(read_image(f)).resize(composites.shape[2:0:-1]))

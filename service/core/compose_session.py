@@ -14,6 +14,7 @@ from service.core.compose import DEFAULT_SIZE, ComposeSettings, compose_batch
 from service.core.labeller_session import Detections
 from service.core.object_bank import ObjectBank
 from service.core.refiner_session import RefinerSession
+from service.core.repository import REFINER_FILE
 
 
 class ComposeSession:
@@ -24,6 +25,12 @@ class ComposeSession:
         self.bank = bank
         self.refiner = RefinerSession(refiner) if refiner is not None else None
         self.settings = settings or ComposeSettings()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ComposeSession:
+        """The bank in `folder` (a version, or a staged one) with its refiner if it has one."""
+        refiner = Path(folder) / REFINER_FILE
+        return cls(ObjectBank.load(folder), refiner if refiner.is_file() else None)
 
     @property
     def classes(self) -> list[str]:
