@@ -12,8 +12,8 @@ Offline and without downloads (no SAM, no rembg):
   of the empty bin replaces the estimate.
 - Each product's **mask** starts from its colour difference, inside its box, to that empty
   bin lit like the floor around the box (a bright spot is not product), refined with GrabCut
-  (pixels outside the box are floor; pixels shared with another box, and shadow, an even
-  darkening of the floor, start as probable floor), then given soft edges.
+  (pixels outside the box are floor; shadow, an even darkening of the floor, is probable
+  floor; pixels shared with another box are never sure product), then given soft edges.
 - Photos of any size are first scaled to one working size (long side at most
   `BANK_MAX_SIDE`, the first photo's aspect): the median needs aligned pixels.
 """
@@ -36,7 +36,7 @@ FLOOR_PAD = 0.03  # the floor is the photos' boxes' extent, widened by this frac
 GRABCUT_ITERATIONS = 4
 MIN_DIFF = 14.0  # grey levels: smaller differences to the empty bin are floor
 SHADOW_RATIO = (0.2, 0.93)  # photo / empty bin in every channel: a shadow's darkening
-SHADOW_CHROMA = 0.1  # at most this spread of that ratio between channels (even darkening)
+SHADOW_CHROMA = 0.2  # at most this spread of that ratio between channels (even darkening)
 MASK_MARGIN = 0.02  # floor hidden around each mask in the second empty-bin pass
 MIN_SUPPORT = 0.25  # fraction of the photos that must show a floor pixel bare
 OUTLIER = 40.0  # grey levels from the smoothed first estimate: not floor
@@ -164,8 +164,8 @@ def object_alpha(image: np.ndarray, empty: np.ndarray, box: np.ndarray,
                  others: np.ndarray) -> np.ndarray:
     """How much of each pixel of `box` is the product (float32 [h, w] in [0, 1]).
 
-    `others` are the photo's other boxes: pixels they share with this one start as probable
-    floor, so a touching neighbour is not cut out with it unless GrabCut's colour model says
+    `others` are the photo's other boxes: pixels they share with this one are never sure
+    product, so a touching neighbour is cut out with it only if GrabCut's colour model says
     it belongs."""
     x0, y0, x1, y1 = (int(v) for v in box)
     h, w = image.shape[:2]
@@ -185,18 +185,25 @@ def object_alpha(image: np.ndarray, empty: np.ndarray, box: np.ndarray,
     if ring.sum() >= 16:
         gain = (np.median(crop[ring], axis=0) + 1) / (np.median(background[ring], axis=0) + 1)
         background = background * gain.clip(0.5, 2.0)
-    diff = np.abs(cv2.GaussianBlur(crop.astype(np.float32), (0, 0), 0.8)
-                  - cv2.GaussianBlur(background, (0, 0), 0.8)).max(axis=2)
-    # Shadow: the floor darkened evenly in every channel, which is floor, not product.
-    ratio = (crop.astype(np.float32) + 1) / (background + 1)
+    smooth = cv2.GaussianBlur(crop.astype(np.float32), (0, 0), 0.8)
+    background = cv2.GaussianBlur(background, (0, 0), 0.8)
+    diff = np.abs(smooth - background).max(axis=2)
+    # Shadow: the floor darkened evenly in every channel, which is floor, not product (on
+    # smoothed pixels: sensor noise on a dark floor makes one pixel's ratios uneven).
+    ratio = (smooth + 1) / (background + 1)
     shadow = ((ratio.max(axis=2) < SHADOW_RATIO[1]) & (ratio.min(axis=2) > SHADOW_RATIO[0])
               & (ratio.max(axis=2) - ratio.min(axis=2) < SHADOW_CHROMA))
     differs = (diff > MIN_DIFF) & ~shadow
     mask = np.full(crop.shape[:2], cv2.GC_BGD, np.uint8)
     mask[inside] = cv2.GC_PR_BGD
-    mask[inside & differs & ~shared] = cv2.GC_PR_FGD
+    # Pixels shared with another box that differ from the floor are probably product, ours
+    # or the neighbour's: GrabCut's colour model tells. Left out, a product half under another
+    # box was cut in half (measured on rendered cluttered bins: recall 0.83 -> 0.93).
+    mask[inside & differs] = cv2.GC_PR_FGD
+    # Sure product: far from the floor, in our box alone, and not a deep shadow (a shadow
+    # taken as sure product is cut out with it and widens its label).
     core = cv2.erode((inside & ~shared).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    mask[core & (diff > 2.5 * MIN_DIFF)] = cv2.GC_FGD
+    mask[core & (diff > 2.5 * MIN_DIFF) & ~shadow] = cv2.GC_FGD
     fallback = (inside & differs).astype(np.float32)
     if (mask == cv2.GC_FGD).sum() + (mask == cv2.GC_PR_FGD).sum() < 4 or (~inside).sum() < 4:
         solid = fallback
