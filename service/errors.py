@@ -2,8 +2,9 @@
 
 BentoML answers an exception raised by an API method with 500 (or, for its own exceptions,
 with a body wrapped in a list), so API methods wrap their body in `answers_errors`, which
-returns `{"error": message, "field": name}` with the right status instead. Anything not listed
-here is a bug and stays a 500 (logged by BentoML).
+returns `{"error": message, "field": name}` with the right status instead (BentoML's own 4xx
+answers are put in this shape by `service/openapi.py`). Anything not listed here is a bug and
+stays a 500 (logged by BentoML).
 """
 
 from __future__ import annotations

@@ -16,8 +16,14 @@ its holder, so another worker takes over if that worker dies.
 The fine-tune runs as its own process group (`python -m training.cli finetune ...`), so serving
 goes on while it trains, a crash cannot take the server down, and cancel kills the whole group.
 On taking the lock, the runner recovers jobs left `running` by a previous holder: their process
-is killed if it survived, and the job is queued again to resume from its last checkpoint, or
-marked failed when it has none. Kubernetes can run the same command as a Job (`finetune_command`).
+is killed if it survived, and the job is queued again to resume from its last checkpoint (or to
+start over without one). Kubernetes can run the same command as a Job (`finetune_command`).
+
+Interruptions: `attempts` counts starts. A start that a server shutdown stopped (SIGTERM: a
+rolling update, a scale-down; `JobRunner.stop`) also counts in `shutdowns` and is not held
+against the job. Any other end (the server or worker killed, the fine-tune killed by the OOM
+killer) is a crash: after MAX_ATTEMPTS starts that crashed, the job fails instead of taking the
+server down again and again.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -43,14 +48,14 @@ from typing import Any, Literal, get_args
 from service import metrics
 from service.core.atomic import read_json, write_json_atomic
 from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE, STATUS_FILE, FinetuneStatus
-from service.core.repository import CHECKPOINTS_DIR, LATEST_CHECKPOINT
+from service.core.repository import ModelRepository, staging_folder
 from service.security import UploadedFile
 
 JOBS_DIR = "_jobs"
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[str, ...] = get_args(JobState)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_ATTEMPTS = 3  # starts of one job (first run plus resumes after restarts)
+MAX_ATTEMPTS = 3  # starts of one job that may crash (shutdowns do not count) before it fails
 KILL_GRACE_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 5.0  # how long a signalled fine-tune waits for a server shutdown
 
@@ -79,7 +84,8 @@ class Job:
     report: dict[str, Any] | None = None  # the new version's evaluation report
     error: str | None = None
     pid: int | None = None  # process group of the running fine-tune
-    attempts: int = 0
+    attempts: int = 0  # starts: the first run and every resume
+    shutdowns: int = 0  # starts a server shutdown stopped (not held against the job)
     progress: dict[str, Any] = field(default_factory=dict)  # latest status.json
 
 
@@ -115,7 +121,7 @@ class JobStore:
                   images=len(images), labels=len(labels), iterations=iterations, recipe=recipe,
                   refine=refine,
                   empty=empty.name if empty is not None else None)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        staging = staging_folder(self.root)
         try:
             uploads = (("images", images), ("labels", labels), ("empty", [empty] if empty else []))
             for sub, files in uploads:
@@ -205,9 +211,9 @@ def finetune_command(store: JobStore, job: Job, extra_args: tuple[str, ...] = ()
     return command + list(extra_args)
 
 
-def has_checkpoint(run: Path) -> bool:
-    """Whether `boxgen finetune` left a checkpoint to resume."""
-    return (run / CHECKPOINTS_DIR / LATEST_CHECKPOINT).is_file()
+def crashes(job: Job) -> int:
+    """Starts of `job` that ended other than by a server shutdown (or are still running)."""
+    return job.attempts - job.shutdowns
 
 
 def last_line(path: Path, default: str) -> str:
@@ -230,16 +236,35 @@ class JobRunner:
         self.thread = threading.Thread(target=self.loop, name="boxgen-job-runner", daemon=True)
         self.lock_file: Any = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.job_id: str | None = None  # the job `process` runs
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop taking jobs and stop a running fine-tune, leaving it `running` so that the next
-        runner resumes it from its last checkpoint (an orphan would publish unattended)."""
+        """The server shuts down: stop taking jobs and stop a running fine-tune, leaving it
+        `running` so that the next runner resumes it from its last checkpoint (an orphan would
+        publish unattended). The start counts as a shutdown, not a crash."""
         self.stopping.set()
-        if self.process is not None and self.process.poll() is None:
-            kill_group(self.process.pid, signal.SIGTERM)
+        process, job_id, self.job_id = self.process, self.job_id, None  # mark a start once
+        # Marked even when the fine-tune is already gone: BentoML's process manager may have
+        # signalled it before this hook ran.
+        if job_id is not None:
+            with contextlib.suppress(JobNotFound):
+                job = self.store.get(job_id)
+                self.store.update(job_id, only_from=("running",), shutdowns=job.shutdowns + 1)
+        if process is not None and process.poll() is None:
+            kill_group(process.pid, signal.SIGTERM)
+
+    def abandon(self) -> None:
+        """The server died without stopping this worker: kill the fine-tune now and leave its job
+        `running` for the next runner, which resumes it (the start counts as a crash)."""
+        self.stopping.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            kill_group(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(KILL_GRACE_SECONDS)
 
     @property
     def is_runner(self) -> bool:
@@ -275,21 +300,22 @@ class JobRunner:
             metrics.FINETUNE_JOBS.labels(state=state).set(count)
 
     def recover(self) -> None:
-        """Jobs a dead runner left `running`: kill what survived, then resume or fail them."""
+        """Jobs a dead runner left `running`: kill what survived, then resume or fail them.
+        Also deletes the staging folders killed publishers and uploads left."""
+        ModelRepository(self.store.models).remove_abandoned_staging()
         for job in self.store.list():
             if job.state != "running":
                 continue
             folder = self.store.folder(job.id)
             if job.pid and is_job_process(job.pid, folder):
                 kill_group(job.pid, signal.SIGKILL)
-            if has_checkpoint(folder / "run") and job.attempts < MAX_ATTEMPTS:
+            if crashes(job) < MAX_ATTEMPTS:
                 self.store.update(job.id, only_from=("running",), state="queued", pid=None)
             else:
-                reason = ("no checkpoint to resume from" if job.attempts < MAX_ATTEMPTS
-                          else f"interrupted {job.attempts} times")
                 self.store.update(job.id, only_from=("running",), state="failed", pid=None,
                                   finished_at=time.time(),
-                                  error=f"interrupted by a server restart; {reason}")
+                                  error=f"interrupted by a server restart; crashed "
+                                  f"{crashes(job)} times")
 
     def run(self, job: Job) -> None:
         """Run one job's fine-tune process to its end (or its cancellation)."""
@@ -308,7 +334,7 @@ class JobRunner:
             kill_group(process.pid, signal.SIGKILL)
             process.wait()
             return
-        self.process = process
+        self.process, self.job_id = process, job.id
         self.publish_counts()
         killed_at: float | None = None
         while process.poll() is None:
@@ -319,11 +345,11 @@ class JobRunner:
                     kill_group(process.pid, signal.SIGTERM)
                 elif time.time() - killed_at > KILL_GRACE_SECONDS:
                     kill_group(process.pid, signal.SIGKILL)
-        self.process = None
         if process.returncode < 0 and self.store.get(job.id).state == "running":
             self.interrupted(job, -process.returncode, folder)
         else:
             self.finish(job, process.returncode, folder)
+        self.process = self.job_id = None
 
     def interrupted(self, job: Job, signum: int, folder: Path) -> None:
         """A signal we did not send for a cancel ended the fine-tune.
@@ -331,11 +357,12 @@ class JobRunner:
         A server shutdown signals the whole worker tree (BentoML's process manager stops
         children too): then the job stays `running` and the next runner resumes it. Otherwise
         (e.g. the kernel's OOM killer) it is queued again to resume, or fails after
-        MAX_ATTEMPTS starts or without a checkpoint.
+        MAX_ATTEMPTS starts that crashed.
         """
         if self.stopping.wait(SHUTDOWN_GRACE_SECONDS):
             return
-        if has_checkpoint(folder / "run") and job.attempts < MAX_ATTEMPTS:
+        job = self.store.get(job.id)
+        if crashes(job) < MAX_ATTEMPTS:
             self.store.update(job.id, only_from=("running",), state="queued", pid=None)
         else:
             self.store.update(job.id, only_from=("running",), state="failed", pid=None,

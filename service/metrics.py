@@ -8,7 +8,8 @@ per-process files and `/metrics` merges them (`MultiProcessCollector`). Two rule
   the same name raises, and a metric made before the variable is set would stay invisible).
 - Gauges need a `multiprocess_mode` saying how worker values combine: "livemax" for
   per-worker states that every worker holds alike (models loaded), "livemostrecent" for
-  figures one worker measures for all (job counts, GPU memory).
+  figures one worker measures for all (job counts, GPU memory), "livesum" for per-worker
+  shares of one total (requests in flight).
 
 The names and labels are a contract with the dashboards and alerts in `k8s/`.
 """
@@ -78,6 +79,19 @@ MODELS_LOADED = Gauge(
     ["kind"],
     multiprocess_mode="livemax",
 )
+REJECTED = Counter(
+    "boxgen_requests_rejected_total",
+    "API requests refused before any work by endpoint and reason (overload: the worker "
+    "already held BOXGEN_MAX_IN_FLIGHT requests); each is also in boxgen_requests_total.",
+    ["endpoint", "reason"],
+)
+IN_FLIGHT = Gauge(
+    "boxgen_requests_in_flight",
+    "Requests a worker is working on or holding for a thread, by endpoint (summed over "
+    "workers).",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)
 GPU_MEMORY = Gauge(
     "boxgen_gpu_memory_bytes",
     "GPU memory in use per device, from nvidia-smi (absent without a GPU).",
@@ -89,6 +103,11 @@ GPU_MEMORY = Gauge(
 def record_request(endpoint: str, status: int, sku: str | None = None) -> None:
     """Count one answered request."""
     REQUESTS.labels(endpoint=endpoint, sku=sku or "", status=str(status)).inc()
+
+
+def record_rejection(endpoint: str, reason: str) -> None:
+    """Count one request refused before any work (admission control)."""
+    REJECTED.labels(endpoint=endpoint, reason=reason).inc()
 
 
 def record_generation(sku: str, seconds: float, returned: int, tried: int, passed: int) -> None:

@@ -145,12 +145,22 @@ class JobStatus(BaseModel):
     labels: int = Field(description="Label files uploaded.")
     iterations: int | None = Field(None, description="Requested iterations (None: default).")
     attempts: int = Field(description="Times the fine-tune was started (resumes count).")
+    shutdowns: int = Field(0, description="Of those starts, the ones a server shutdown "
+                           "(SIGTERM: a rolling update) stopped; not held against the job.")
     progress: JobProgress
     version: int | None = Field(None, description="Published model version, on success.")
     report: dict[str, Any] | None = Field(
         None, description="The new version's evaluation: the thesis' four categories on "
         "samples of the published snapshot, novelty and quality figures, thresholds.")
     error: str | None = Field(None, description="Why it failed or was cancelled.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx (and 503) answer of the API (`service/errors.py`)."""
+
+    error: str = Field(description="What is wrong, in words.")
+    field: str | None = Field(description="The request field at fault, e.g. 'n' or "
+                              "'images[0]'; null when the whole request is.")
 
 
 class JobList(BaseModel):

@@ -245,7 +245,10 @@ def checked_images(paths: list[Path], names: list[str], max_pixels: int,
                 image.load()  # decode now, so a truncated file fails here, not in training
         except RequestError:
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:  # Pillow's own limit: 2 x 89 MP, at open
+            raise RequestError(f"{name} has too many pixels ({exc})", field,
+                               status=413) from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise RequestError(f"{name} is not a readable image ({exc})", field) from None
         checked.append(UploadedFile(path, Path(name).stem + Path(name).suffix.lower()))
     return checked

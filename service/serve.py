@@ -6,6 +6,16 @@ worker as a fresh process that imports the service module: `BOXGEN_MODELS` (the 
 `BOXGEN_API_KEY` / `BOXGEN_API_KEY_FILE`, and the worker count as a BentoML config override.
 BentoML itself is kept offline (`BENTOML_DO_NOT_TRACK`) and its home (where it keeps the
 Prometheus multiprocess files, wiped at every start) in a folder of ours.
+
+Workers die with their server. BentoML starts each worker in a session of its own, so a
+SIGKILL of `boxgen serve` (or of its process group) never reaches them, and a SIGTERM'd server
+that gives up waiting for a worker leaves it behind. Such a worker went on listening on the dead
+server's port, holding the job runner's lock and driving its fine-tune (measured: after a
+restart, the job stayed `running` at attempt 1 for 10+ minutes). So `serve` passes its pid to the
+workers (`BOXGEN_SERVER_PID`) and each worker runs `watch_server`, which ends it within a poll
+once the server is no longer its ancestor. (A parent-death signal, prctl(PR_SET_PDEATHSIG),
+would follow the thread that forked the worker rather than the server, and arrive as a
+graceful SIGTERM that can wait on requests.)
 """
 
 from __future__ import annotations
@@ -15,10 +25,15 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 SERVICE = "service.service:Boxgen"
 SERVICE_NAME = "boxgen"
+SERVER_PID_ENV = "BOXGEN_SERVER_PID"  # the `boxgen serve` process, which workers die with
+WATCH_SECONDS = 0.5  # how often a worker checks that its server still runs
 
 
 def server_environment(
@@ -76,6 +91,7 @@ def serve(
     own_home = home is None and not os.environ.get("BENTOML_HOME")
     env = server_environment(models, workers, api_key, api_key_file, home)
     os.environ.update(env)
+    os.environ[SERVER_PID_ENV] = str(os.getpid())
     import bentoml  # after BENTOML_HOME is set: BentoML reads it at import
 
     package_root = Path(__file__).resolve().parent.parent
@@ -85,6 +101,56 @@ def serve(
     finally:
         if own_home:  # the temporary home made for this server holds nothing worth keeping
             shutil.rmtree(env["BENTOML_HOME"], ignore_errors=True)
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, ... of process `pid`, up to (without) pid 1."""
+    chain = []
+    while pid > 1:
+        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        if pid > 1:
+            chain.append(pid)
+    return chain
+
+
+def watch_server(on_gone: Callable[[], None], poll: float = WATCH_SECONDS
+                 ) -> threading.Thread | None:
+    """In a worker of `boxgen serve`: once that server is gone (no longer an ancestor of this
+    process: killed, or stopped without us), call `on_gone` and end this process at once.
+
+    Returns the watching daemon thread; None outside a server of ours (no BOXGEN_SERVER_PID).
+    """
+    raw = os.environ.get(SERVER_PID_ENV, "")
+    if not raw.isdigit() or int(raw) == os.getpid():  # not a worker, or the server itself
+        return None
+    server = int(raw)
+    if Path("/proc/self/stat").is_file():
+
+        def alive() -> bool:
+            # A dead process's children are re-parented at once, even while it is a zombie.
+            return server in ancestors(os.getpid())
+    else:  # no /proc (macOS): the parent this worker started with
+        parent = os.getppid()
+
+        def alive() -> bool:
+            return os.getppid() == parent
+
+    def watch() -> None:
+        while alive():
+            time.sleep(poll)
+        try:
+            on_gone()
+        finally:
+            print(f"boxgen serve (pid {server}) is gone; worker {os.getpid()} exits",
+                  file=sys.stderr, flush=True)
+            os._exit(1)  # other threads may block in requests; nothing here is worth waiting for
+
+    thread = threading.Thread(target=watch, name="boxgen-server-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,11 +26,13 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from service import metrics
+from service.admission import AdmissionMiddleware
 from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE
 from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
 from service.core.repository import BASE, ModelNotFound, ModelRepository
 from service.errors import RequestError, answers_errors, error_body, error_response
 from service.jobs import JobNotFound, JobRunner, JobStore
+from service.openapi import BentoErrorsMiddleware, OpenApiMiddleware, error_responses
 from service.responses import answer, job_status, models_overview
 from service.schemas import (
     FinetuneAccepted,
@@ -52,6 +54,7 @@ from service.security import (
     checked_sku,
     checked_uploads,
 )
+from service.serve import watch_server
 from service.settings import ServiceSettings
 
 logger = logging.getLogger("boxgen.service")
@@ -59,7 +62,8 @@ logger = logging.getLogger("boxgen.service")
 WARM_UP_RETRY_SECONDS = 5.0
 
 jobs_api = FastAPI(title="boxgen jobs and models", docs_url="/jobs-docs",
-                   openapi_url="/jobs-openapi.json", redoc_url=None)
+                   openapi_url="/jobs-openapi.json", redoc_url=None,
+                   responses=error_responses(401))
 
 
 @jobs_api.exception_handler(JobNotFound)
@@ -89,6 +93,7 @@ class Boxgen:
         self.pipeline = Pipeline(self.cache, self.settings.max_tries_factor)
         self.jobs = JobStore(self.settings.models)
         self.runner = JobRunner(self.jobs, self.settings.finetune_args)
+        watch_server(self.runner.abandon)  # this worker dies with `boxgen serve`
         self.runner.start()
         self.ready = False
         self.last_warm_up = 0.0
@@ -112,7 +117,10 @@ class Boxgen:
             return True
 
     def __is_ready__(self) -> bool:
-        """Ready once the repository and labeller are loaded and warmed up (retried while not)."""
+        """Ready once the repository and labeller are loaded and warmed up (retried while not),
+        and while the newest labeller still loads (it can be removed or replaced by a bad copy)."""
+        if self.ready and not self.cache.labeller_usable():
+            self.ready = False
         if not self.ready and time.monotonic() - self.last_warm_up > WARM_UP_RETRY_SECONDS:
             self.warm_up()
         return self.ready
@@ -162,12 +170,13 @@ class Boxgen:
         """Every fine-tune job, oldest first (kept across restarts)."""
         return JobList(jobs=[job_status(job) for job in self.jobs.list()])
 
-    @jobs_api.get("/jobs/{job_id}", response_model=JobStatus)
+    @jobs_api.get("/jobs/{job_id}", response_model=JobStatus, responses=error_responses(404))
     def job(self, job_id: str) -> JobStatus:
         """A job's state, progress, and on success its published version and report."""
         return job_status(self.jobs.get(job_id))
 
-    @jobs_api.delete("/jobs/{job_id}", response_model=JobStatus)
+    @jobs_api.delete("/jobs/{job_id}", response_model=JobStatus,
+                     responses=error_responses(404))
     def cancel_job(self, job_id: str) -> JobStatus:
         """Cancel a queued or running job; a finished job is returned unchanged."""
         return job_status(self.jobs.cancel(job_id))
@@ -182,7 +191,12 @@ class Boxgen:
         self.runner.stop()
 
 
-# Outermost first: count every request (also those refused), then check the key, then uploads.
+# Outermost first: count every request (also those refused), then check the key, then refuse
+# /generate past the work in flight, then check uploads; BentoML's own error answers and its
+# OpenAPI document are put in our terms last.
 Boxgen.add_asgi_middleware(metrics.RequestMetricsMiddleware)
 Boxgen.add_asgi_middleware(ApiKeyMiddleware)
+Boxgen.add_asgi_middleware(AdmissionMiddleware)
 Boxgen.add_asgi_middleware(UploadGuardMiddleware)
+Boxgen.add_asgi_middleware(BentoErrorsMiddleware)
+Boxgen.add_asgi_middleware(OpenApiMiddleware)

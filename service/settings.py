@@ -41,6 +41,9 @@ class ServiceSettings:
     max_iterations: int = 100_000  # most fine-tune iterations a request may ask for
     finetune_args: tuple[str, ...] = ()  # extra `boxgen finetune` flags (BOXGEN_FINETUNE_ARGS)
     generator_cache: int = 16  # generator sessions kept open per worker
+    # /generate requests one worker holds at once (working or waiting for one of its 4
+    # threads); one more is refused at once with 503 and Retry-After (BOXGEN_MAX_IN_FLIGHT).
+    max_in_flight: int = 64
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -57,6 +60,7 @@ class ServiceSettings:
             default_iterations=_int_env("BOXGEN_FINETUNE_ITERATIONS", 0) or None,
             max_iterations=_int_env("BOXGEN_MAX_ITERATIONS", cls.max_iterations),
             finetune_args=tuple(shlex.split(os.environ.get("BOXGEN_FINETUNE_ARGS", ""))),
+            max_in_flight=_int_env("BOXGEN_MAX_IN_FLIGHT", cls.max_in_flight),
         )
 
 

@@ -16,7 +16,7 @@ from service.core.cards import (
     LabellerCard,
 )
 from service.core.compose import MAX_SIZE
-from service.core.repository import ModelNotFound
+from service.core.repository import ModelNotFound, RepositoryFull
 from service.core.selector import SELECT_MODES
 from training.render import SCENES
 
@@ -33,7 +33,9 @@ MODELS_OPTION = click.option(
 
 # Errors a user can cause: printed as one line, exit status 1, never a traceback.
 # ConnectionError: Ultralytics reaching for a download, which boxgen blocks (it runs offline).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModelNotFound, ConnectionError)
+# RepositoryFull: a full volume at publish (the job runner reports that line as the job's error).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ModelNotFound, ConnectionError,
+               RepositoryFull)
 
 
 class BoxgenGroup(click.Group):

@@ -1,8 +1,10 @@
 """What `/generate` and `boxgen generate` do: resolve the model, sample, label and select.
 
-`ModelCache` keeps ONNX sessions open per worker, keyed by (sku, version): the version is
-resolved from the repository listing on every request (a directory listing, cheap), so a
-version published by a fine-tune serves from the next request on, without a restart.
+`ModelCache` keeps ONNX sessions open per worker, keyed by (sku, version, the version folder's
+inode): the version is resolved from the repository listing on every request (a directory
+listing and a stat, cheap), so a version published by a fine-tune serves from the next request
+on, without a restart, and a model removed and published again under the same number is not
+mistaken for the one loaded before.
 
 Selection (`select` green / yellow) needs the version's card to carry a `selection` entry
 (the novelty reference and thresholds the fine-tune measured). Versions published before
@@ -97,7 +99,7 @@ class ModelCache:
         self.generators: OrderedDict[tuple[str, int], Session] = OrderedDict()
         self.selectors: OrderedDict[tuple[str, int], Selector] = OrderedDict()
         self.labeller: LabellerSession | None = None
-        self.labeller_version: int | None = None
+        self.labeller_key: tuple[int, tuple[int, int]] | None = None  # version, stamp
         self.lock = threading.Lock()
 
     def load_labeller(self) -> LabellerSession:
@@ -108,21 +110,31 @@ class ModelCache:
         except ModelNotFound:
             raise LabellerMissing("no labeller in the model repository yet; publish one with "
                                   "`boxgen train-labeller`") from None
+        key = (newest.version, newest.stamp)
         with self.lock:
-            if self.labeller is None or self.labeller_version != newest.version:
+            if self.labeller is None or self.labeller_key != key:
                 try:
                     self.labeller = LabellerSession.from_repository(self.repository.root,
                                                                     newest.version)
                 except Exception as e:  # onnxruntime raises several types for a bad file
                     self.labeller = None
                     raise LabellerMissing(str(newest.unreadable(LABELLER_FILE, e))) from e
-                self.labeller_version = newest.version
+                self.labeller_key = key
             return self.labeller
+
+    def labeller_usable(self) -> bool:
+        """Whether the newest labeller loads: a directory listing while it is the one loaded,
+        so readiness can follow a labeller removed, or replaced by a bad copy, and back."""
+        try:
+            self.load_labeller()
+        except LabellerMissing:
+            return False
+        return True
 
     def _cached(self, table: OrderedDict, entry: ModelVersion, load: Callable[[], Any]) -> Any:
         """`table`'s item for `entry`, loaded on a miss; the least recently used beyond
         `max_generators` is dropped. Loading happens outside the lock: it is slow."""
-        key = (entry.name, entry.version)
+        key = (entry.name, entry.version, entry.stamp)
         with self.lock:
             if key in table:
                 table.move_to_end(key)
@@ -170,7 +182,7 @@ class ModelCache:
                     "ask for select=none, or fine-tune it again")
             try:
                 return Selector.load(entry.path, card.selection)
-            except (OSError, ValueError, KeyError) as e:
+            except Exception as e:  # a cut-short npz raises zipfile.BadZipFile, not ValueError
                 raise entry.unreadable(SELECTION_FILE, e) from e
 
         return self._cached(self.selectors, entry, load)

@@ -8,10 +8,12 @@ Layout (Triton-style integer versions, newest serves unless a request pins one):
 `_base` (the pretrained generator/critic checkpoint fine-tunes start from). SKUs cannot
 start with `_`, so reserved names never collide with them.
 
-A version appears atomically: everything is written and fsynced into a hidden temporary
+A version appears atomically: everything is written and fsynced into a hidden staging
 folder beside the versions, then renamed into place. Readers ignore hidden folders, so a
 crash mid-publish leaves nothing visible, and a rename never replaces an existing version,
-so versions are immutable.
+so versions are immutable. A staging folder is named after its writer (host and pid), so
+`remove_abandoned_staging` (the job runner calls it when it takes over) can delete what a
+killed writer left without touching a publish still in progress.
 
 This module owns the names of every file the repository and a training run hold; the cards'
 fields are typed in `service.core.cards`.
@@ -19,10 +21,12 @@ fields are typed in `service.core.cards`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,6 +51,14 @@ BASE_REFINER_FILE = "refiner.pt"  # the pretrained refiner and critic weights (t
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
 
+# Hidden folders written before a rename into place: `.staging-<host>-<pid>-<random>`.
+STAGING_PREFIX = ".staging-"
+# A staging folder untouched this long is abandoned whoever wrote it (a publish takes seconds;
+# another host's writer cannot be asked whether it still runs).
+STALE_STAGING_SECONDS = 3600.0
+# The errors of a full volume or an exhausted quota.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 C = TypeVar("C", bound=Card)
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -58,6 +70,10 @@ class ModelNotFound(LookupError):
 class ModelUnreadable(RuntimeError):
     """A published version's files cannot be read or loaded (a corrupt or cut-short copy):
     the server's state is at fault, not the request."""
+
+
+class RepositoryFull(OSError):
+    """The model repository's volume is full (or over quota): nothing was published."""
 
 
 def first_line(error: BaseException) -> str:
@@ -110,6 +126,52 @@ class ModelVersion:
     def file(self, filename: str) -> Path:
         return self.path / filename
 
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """Which copy of the version this is. A version folder is never changed, but a model
+        removed and published again reuses its numbers: the new folder has another inode.
+        (0, 0) when the folder is gone."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return (0, 0)
+        return (stat.st_ino, stat.st_mtime_ns)
+
+
+def staging_folder(parent: Path) -> Path:
+    """A new hidden folder in `parent` to write into before renaming it into place, named after
+    its writer so that `staging_abandoned` can tell a killed writer's leftovers from work in
+    progress."""
+    owner = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=owner, dir=parent))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` (of this host) runs; a zombie (exited, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:  # "pid (comm) S ...": the state follows the last parenthesis
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def staging_abandoned(path: Path, now: float | None = None) -> bool:
+    """Whether staging folder `path` was left by a writer that is gone: a process of this host
+    that no longer runs, or any writer after STALE_STAGING_SECONDS without a change."""
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > STALE_STAGING_SECONDS:
+        return True
+    host, pid, _ = (path.name[len(STAGING_PREFIX):].rsplit("-", 2) + ["", ""])[:3]
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+
 
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
@@ -142,6 +204,22 @@ class ModelRepository:
             int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / CARD).is_file()
         )
 
+    def remove_abandoned_staging(self) -> list[Path]:
+        """Delete the staging folders killed writers left (publishes, job uploads) in every
+        model's folder; returns them. A crash mid-publish shows nothing, but its half-written
+        files would otherwise hold disk space forever."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            for staging in folder.glob(STAGING_PREFIX + "*"):
+                if staging.is_dir() and staging_abandoned(staging):
+                    shutil.rmtree(staging, ignore_errors=True)
+                    removed.append(staging)
+        return removed
+
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
         """The pinned `version` of `name`, or its newest one."""
         if name not in RESERVED:
@@ -161,38 +239,55 @@ class ModelRepository:
         """Copy `files` (destination name -> source path) and `card` into a new version.
 
         The version number is one above the newest; concurrent publishers never overwrite
-        each other because `os.rename` onto an existing non-empty folder fails.
+        each other because `os.rename` onto an existing non-empty folder fails. A full volume
+        raises RepositoryFull, with nothing published and the staging folder removed.
         """
         if name not in RESERVED:
             validate_sku(name)
         folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        staging: Path | None = None
         try:
-            for dest, src in files.items():
-                (staging / dest).parent.mkdir(parents=True, exist_ok=True)  # bank/<file>
-                shutil.copyfile(src, staging / dest)
-            while True:
-                # Every number-named folder counts, complete or not: renaming onto one fails.
-                taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
-                version = max(taken, default=0) + 1
-                full_card = card.model_copy(update={
-                    "name": name,
-                    "version": version,
-                    "created_at": card.created_at
-                    or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "files": sorted(files),
-                }).model_dump(mode="json", exclude_none=True)
-                (staging / CARD).write_text(json.dumps(full_card, indent=2, sort_keys=True))
-                _fsync_tree(staging)
-                try:
-                    os.rename(staging, folder / str(version))
-                except OSError:
-                    if (folder / str(version)).exists():
-                        continue  # another publisher took this number; take the next
-                    raise
-                fsync_dir(folder)
-                return ModelVersion(name, version, folder / str(version))
+            folder.mkdir(parents=True, exist_ok=True)
+            staging = staging_folder(folder)
+            return self._publish_from(staging, folder, name, files, card)
+        except OSError as e:
+            if e.errno in FULL_ERRNOS:
+                raise self._full(name, e) from e
+            raise
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _full(self, name: str, error: OSError) -> RepositoryFull:
+        return RepositoryFull(
+            f"disk full: the model repository {self.root} has no space left "
+            f"({error.strerror or error}) to publish {name}; nothing was published, the "
+            "previous version keeps serving")
+
+    def _publish_from(self, staging: Path, folder: Path, name: str,
+                      files: dict[str, str | os.PathLike[str]], card: Card) -> ModelVersion:
+        """Fill `staging` with `files` and the card, then rename it to the next version."""
+        for dest, src in files.items():
+            (staging / dest).parent.mkdir(parents=True, exist_ok=True)  # bank/<file>
+            shutil.copyfile(src, staging / dest)
+        while True:
+            # Every number-named folder counts, complete or not: renaming onto one fails.
+            taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+            version = max(taken, default=0) + 1
+            full_card = card.model_copy(update={
+                "name": name,
+                "version": version,
+                "created_at": card.created_at
+                or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": sorted(files),
+            }).model_dump(mode="json", exclude_none=True)
+            (staging / CARD).write_text(json.dumps(full_card, indent=2, sort_keys=True))
+            _fsync_tree(staging)
+            try:
+                os.rename(staging, folder / str(version))
+            except OSError:
+                if (folder / str(version)).exists():
+                    continue  # another publisher took this number; take the next
+                raise
+            fsync_dir(folder)
+            return ModelVersion(name, version, folder / str(version))

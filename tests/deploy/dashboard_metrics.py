@@ -32,6 +32,8 @@ EXPORTED_METRICS: dict[str, str] = {
     "boxgen_finetune_duration_seconds": "histogram",
     "boxgen_models_loaded": "gauge",
     "boxgen_gpu_memory_bytes": "gauge",
+    "boxgen_requests_rejected_total": "counter",
+    "boxgen_requests_in_flight": "gauge",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

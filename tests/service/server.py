@@ -14,6 +14,7 @@ built once per test process into a template and copied per call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from service.core.ports import free_port
-from service.core.repository import LABELLER
+from service.core.repository import LABELLER, process_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SKU = "demo"
@@ -109,6 +110,39 @@ def photos(out: Path, count: int = 10, size: int = 64, first_group: int = PHOTO_
     return render_corpus(out, groups=1, per_group=count, size=size, first_group=first_group)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: a server's workers and their fine-tunes, which BentoML and the
+    job runner start in sessions of their own (so a process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_survivors(pids: list[int], timeout: float = 0.0) -> list[int]:
+    """Wait up to `timeout` for `pids` to end, SIGKILL those still running; returns those."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if process_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -168,10 +202,26 @@ class BoxgenServer:
         self.stop()
         raise TimeoutError(f"server not ready after {timeout:.0f} s:\n{self.log()}")
 
+    def processes(self) -> list[int]:
+        """The server process and every process below it (workers, fine-tunes), right now."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        return [self.process.pid, *descendants(self.process.pid)]
+
+    def kill(self, sig: int, group: bool = True) -> list[int]:
+        """Send `sig` to the server's process group (or the server process alone), as a fault
+        or an orchestrator would; returns `processes()` as they were just before, to check that
+        none outlives it."""
+        assert self.process is not None
+        before = self.processes()
+        (os.killpg if group else os.kill)(self.process.pid, sig)
+        return before
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the server's process group (graceful), SIGKILL if it lingers."""
         if self.process is None or self.process.poll() is not None:
             return
+        workers = descendants(self.process.pid)
         os.killpg(self.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         try:
@@ -185,6 +235,8 @@ class BoxgenServer:
             if time.monotonic() > deadline:
                 os.killpg(self.process.pid, signal.SIGKILL)
             time.sleep(0.1)
+        # Workers and fine-tunes are in sessions of their own: the group does not cover them.
+        kill_survivors(workers, max(deadline - time.monotonic(), 1.0))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

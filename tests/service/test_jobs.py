@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -90,7 +91,8 @@ def test_finetune_command_follows_the_cli_contract(tmp_path: Path):
     assert dict(zip(command[4::2], command[5::2], strict=False))["--recipe"] == "gan"
 
 
-def interrupted_job(store: JobStore, tmp_path: Path, checkpoint: bool, attempts: int = 1):
+def interrupted_job(store: JobStore, tmp_path: Path, checkpoint: bool, attempts: int = 1,
+                    shutdowns: int = 0):
     """A job a dead server left `running`, its fine-tune process still alive."""
     job = store.create("sku-a", *upload(tmp_path), iterations=None)
     folder = store.folder(job.id)
@@ -101,25 +103,51 @@ def interrupted_job(store: JobStore, tmp_path: Path, checkpoint: bool, attempts:
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                str(folder)], start_new_session=True)
     store.update(job.id, state="running", pid=orphan.pid, attempts=attempts,
-                 started_at=time.time())
+                 shutdowns=shutdowns, started_at=time.time())
     return job, orphan
 
 
 @pytest.mark.parametrize(
-    ("checkpoint", "attempts", "state"),
-    [(True, 1, "queued"), (False, 1, "failed"), (True, MAX_ATTEMPTS, "failed")],
+    ("checkpoint", "attempts", "shutdowns", "state"),
+    [
+        (True, 1, 0, "queued"),  # resumes from its checkpoint
+        (False, 1, 0, "queued"),  # starts over
+        (True, MAX_ATTEMPTS, 0, "failed"),  # crashed too often
+        (True, MAX_ATTEMPTS + 2, 3, "queued"),  # rolling updates are not held against it
+    ],
 )
 def test_recover_kills_orphans_then_resumes_or_fails(
-    tmp_path: Path, checkpoint: bool, attempts: int, state: str
+    tmp_path: Path, checkpoint: bool, attempts: int, shutdowns: int, state: str
 ):
     store = JobStore(tmp_path / "models")
-    job, orphan = interrupted_job(store, tmp_path, checkpoint, attempts)
+    job, orphan = interrupted_job(store, tmp_path, checkpoint, attempts, shutdowns)
     JobRunner(store).recover()
     assert orphan.wait(timeout=10) != 0  # killed
     recovered = store.get(job.id)
     assert recovered.state == state and recovered.pid is None
     if state == "failed":
         assert "restart" in recovered.error
+
+
+def test_stop_counts_a_shutdown_and_abandon_a_crash(tmp_path: Path):
+    """A server shutdown (stop) leaves the job `running` with a shutdown counted, once; a dead
+    server (abandon) kills the fine-tune at once and counts nothing."""
+    store = JobStore(tmp_path / "models")
+    job, orphan = interrupted_job(store, tmp_path, checkpoint=True)
+    runner = JobRunner(store)
+    runner.process, runner.job_id = orphan, job.id
+    runner.stop()
+    runner.stop()
+    assert orphan.wait(timeout=10) == -signal.SIGTERM
+    stored = store.get(job.id)
+    assert (stored.state, stored.attempts, stored.shutdowns) == ("running", 1, 1)
+
+    job, orphan = interrupted_job(store, tmp_path, checkpoint=True)
+    runner = JobRunner(store)
+    runner.process, runner.job_id = orphan, job.id
+    runner.abandon()
+    assert orphan.returncode == -signal.SIGKILL  # reaped before returning
+    assert store.get(job.id).shutdowns == 0
 
 
 def test_only_one_runner_holds_the_lock(tmp_path: Path):

@@ -33,7 +33,8 @@ def test_cache_keeps_at_most_max_generators_of_each_kind(tmp_path):
     for entry in entries:
         assert cache.selector(entry).copy_threshold > 0
         cache.generator(entry)
-    assert list(cache.selectors) == list(cache.generators) == [("sku", v) for v in versions[1:]]
+    keys = [("sku", e.version, e.stamp) for e in entries]  # the stamp: which copy of it
+    assert list(cache.selectors) == list(cache.generators) == keys[1:]
     cache.selector(entries[1])  # used again: the newest, so version 3 goes first
     cache.selector(entries[0])
-    assert list(cache.selectors) == [("sku", versions[1]), ("sku", versions[0])]
+    assert list(cache.selectors) == [keys[1], keys[0]]

@@ -1,6 +1,8 @@
 """The model repository: atomic, immutable publication and safe names."""
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +11,14 @@ import textwrap
 import pytest
 
 from service.core.cards import GeneratorCard, LabellerCard
-from service.core.repository import ModelNotFound, ModelRepository, validate_sku
+from service.core.repository import (
+    STALE_STAGING_SECONDS,
+    ModelNotFound,
+    ModelRepository,
+    RepositoryFull,
+    staging_folder,
+    validate_sku,
+)
 
 
 def make_file(path, size=10):
@@ -69,7 +78,40 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     assert repo.versions("a") == [] and repo.skus() == []
     with pytest.raises(ModelNotFound):
         repo.resolve("a")
+    assert repo.remove_abandoned_staging() == [tmp_path / "models" / "a" / staged[0]]
+    assert os.listdir(tmp_path / "models" / "a") == []
     assert repo.publish("a", {"generator.onnx": src}, GeneratorCard()).version == 1
+
+
+def test_cleanup_keeps_live_writers_staging_and_removes_stale(tmp_path):
+    """A running writer's staging folder stays; any left untouched past the limit goes."""
+    repo = ModelRepository(tmp_path)
+    (tmp_path / "a").mkdir()
+    live = staging_folder(tmp_path / "a")  # ours: this process runs
+    stale = tmp_path / "a" / ".staging-elsewhere-1-abcdefgh"  # another host's, long abandoned
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    assert repo.remove_abandoned_staging() == [stale]
+    assert live.is_dir() and not stale.exists()
+    recent = tmp_path / "a" / ".staging-elsewhere-1-ijklmnop"  # another host's, maybe running
+    recent.mkdir()
+    assert repo.remove_abandoned_staging() == [] and STALE_STAGING_SECONDS > 60
+
+
+def test_full_disk_publishes_nothing_and_says_so(tmp_path, monkeypatch):
+    repo = ModelRepository(tmp_path)
+    src = make_file(tmp_path / "g.onnx")
+    repo.publish("a", {"generator.onnx": src}, GeneratorCard())
+
+    def full(src, dst, *args, **kwargs):
+        with open(dst, "wb") as f:  # part of the file got there
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(RepositoryFull, match="disk full.*nothing was published"):
+        repo.publish("a", {"generator.onnx": src}, GeneratorCard())
+    assert repo.versions("a") == [1] and os.listdir(tmp_path / "a") == ["1"]
 
 
 def test_a_number_folder_without_card_is_skipped_not_looped_on(tmp_path):
