@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/generator_throughput.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf out runs

@@ -1,0 +1,237 @@
+"""Model throughput: the gan generator, the compose refiner and the labeller, images per second
+per backend and batch size, side by side in one run.
+
+    python bench/model_throughput.py [--out gpu-results/model_throughput.md] [--budget 240]
+    python bench/model_throughput.py --dry-run      # tiny models, CPU, seconds (the suite's)
+
+Backends: torch fp32 and torch bf16 autocast on CUDA when present (else the CPU), and
+onnxruntime with each GPU execution provider installed (TensorRT, CUDA; the CPU provider only
+when there is no GPU). Untrained networks of the production shapes (`thesis` generator, the
+default refiner at 256 px, `yolov5x.yaml` labeller at 256): speed does not depend on the
+weights. The labeller's network only (no letterbox, no NMS), the same for every backend.
+Outputs are copied to the host, as serving does. Cells past `--budget` seconds are skipped
+and say so, so a GPU session's time limit holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Model shapes and sizes; `DRY_RUN` is the CPU smoke test's."""
+
+    generator_profile: str = "thesis"  # training profile of the gan generator
+    refiner_profile: str = "default"  # refiner network width and depth
+    labeller_cfg: str = "yolov5x.yaml"  # production labeller
+    size: int = 256  # refiner and labeller input side, px
+    batches: tuple[int, ...] = (1, 4, 16, 64, 256)
+    repeats: int = 5  # timed runs per cell, after one warm-up
+    budget: float = 240.0  # seconds; later cells are skipped
+
+
+DRY_RUN = Settings(generator_profile="tiny", refiner_profile="tiny", labeller_cfg="yolov5n.yaml",
+                   size=32, batches=(1, 2), repeats=1, budget=60.0)
+
+
+@dataclass
+class Model:
+    """A network, how to make its inputs for a batch, and its ONNX file."""
+
+    name: str
+    network: torch.nn.Module
+    inputs: Callable[[int], dict[str, np.ndarray]]  # batch -> named float32 inputs
+    onnx: Path
+
+
+def export(network: torch.nn.Module, example: dict[str, np.ndarray], path: Path) -> Path:
+    """`network` to ONNX with a dynamic batch axis on every input and the output."""
+    axes = {name: {0: "batch"} for name in [*example, "output"]}
+    torch.onnx.export(network.cpu().eval(), tuple(torch.from_numpy(v) for v in example.values()),
+                      str(path), input_names=list(example), output_names=["output"],
+                      dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return path
+
+
+def build_models(s: Settings, work: Path) -> list[Model]:
+    """The three networks, untrained, exported to `work`."""
+    from training.config import profile
+    from training.loop import build_networks
+    from training.refiner import build_refiner, refiner_profile
+    from training.ultralytics_setup import configure_offline
+
+    rng = np.random.default_rng(0)
+    generator, _ = build_networks(profile(s.generator_profile))
+    z_dim, side = generator.z_dim, s.size
+
+    def z(b: int) -> dict[str, np.ndarray]:
+        return {"z": rng.standard_normal((b, z_dim), dtype=np.float32)}  # [B, z_dim]
+
+    def composite(b: int) -> dict[str, np.ndarray]:
+        return {"composite": rng.uniform(-1, 1, (b, 3, side, side)).astype(np.float32),
+                "mask": (rng.uniform(0, 1, (b, 1, side, side)) > 0.5).astype(np.float32)}
+
+    def images(b: int) -> dict[str, np.ndarray]:
+        return {"images": rng.uniform(0, 1, (b, 3, side, side)).astype(np.float32)}
+
+    refiner, _ = build_refiner(refiner_profile(s.refiner_profile))
+    configure_offline(work / "ultralytics")  # before Ultralytics is imported
+    from ultralytics.nn.tasks import DetectionModel
+
+    labeller = DetectionModel(s.labeller_cfg, nc=4, verbose=False).eval()
+    head = labeller.model[-1]  # the exporter's switches: one [N, 4 + nc, anchors] output
+    head.export, head.format, head.dynamic = True, "onnx", True
+    models = []
+    for name, network, inputs in (("gan generator", generator, z),
+                                  ("compose refiner", refiner, composite),
+                                  (f"labeller {s.labeller_cfg}", labeller, images)):
+        path = export(network, inputs(2), work / f"{name.split()[0]}-{len(models)}.onnx")
+        models.append(Model(name, network.eval(), inputs, path))
+    return models
+
+
+def backends(device: torch.device) -> tuple[list[str], str]:
+    """The backend names to measure, and a line saying which onnxruntime providers exist."""
+    available = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    names = ["torch-fp32", "torch-bf16"] + [f"ort-{p.removesuffix('ExecutionProvider')}"
+                                            for p in gpu]
+    if device.type == "cpu" and not gpu:
+        names.append("ort-CPU")
+    note = f"onnxruntime {ort.__version__} providers installed: {available}"
+    if device.type == "cuda" and not gpu:
+        note += "; onnxruntime-gpu is not installed, so only the torch path is measured"
+    return names, note
+
+
+def ort_session(model: Model, backend: str, max_batch: int, cache: Path) -> ort.InferenceSession:
+    provider = f"{backend.removeprefix('ort-')}ExecutionProvider"
+    options: dict[str, Any] = {}
+    if provider == "TensorrtExecutionProvider":
+        # One engine for every batch size: else TensorRT builds one per shape, minutes each.
+        example = model.inputs(1)
+
+        def shapes(b: int) -> str:
+            return ",".join(f"{k}:{'x'.join(map(str, (b, *v.shape[1:])))}"
+                            for k, v in example.items())
+
+        options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                   "trt_profile_min_shapes": shapes(1), "trt_profile_max_shapes":
+                   shapes(max_batch), "trt_profile_opt_shapes": shapes(min(64, max_batch))}
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3
+    return ort.InferenceSession(str(model.onnx), sess_options=session_options,
+                                providers=[(provider, options), "CPUExecutionProvider"])
+
+
+def runner(model: Model, backend: str, batch: int, device: torch.device,
+           session: ort.InferenceSession | None) -> Callable[[], None]:
+    """One forward pass of `batch` images on `backend`, output copied to the host."""
+    inputs = model.inputs(batch)
+    if session is not None:
+        return lambda: session.run(None, inputs)
+    network = model.network.to(device)
+    tensors = [torch.from_numpy(v).to(device) for v in inputs.values()]
+    autocast = backend == "torch-bf16"
+
+    def run() -> None:
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            out = network(*tensors)
+        (out[0] if isinstance(out, tuple) else out).float().cpu()
+
+    return run
+
+
+def median_seconds(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up: allocator, cuDNN autotune, onnxruntime arena, TensorRT engine
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure(s: Settings, work: Path) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names, note = backends(device)
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; {note}",
+          flush=True)
+    deadline = time.monotonic() + s.budget
+    rows = []
+    for model in build_models(s, work):
+        for backend in names:
+            session = None
+            for batch in s.batches:
+                row: dict[str, Any] = {"model": model.name, "backend": backend, "batch": batch}
+                rows.append(row)
+                if time.monotonic() > deadline:
+                    row["skipped"] = "time budget"
+                    continue
+                try:
+                    if backend.startswith("ort-") and session is None:
+                        session = ort_session(model, backend, max(s.batches), work / "trt-cache")
+                    seconds = median_seconds(runner(model, backend, batch, device, session),
+                                             s.repeats, device)
+                    row["img_s"] = batch / seconds
+                except Exception as e:  # out of memory, an op a provider lacks: say, go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                print(json.dumps(row), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return {"device": str(device), "providers": note, "settings": asdict(s), "rows": rows}
+
+
+def report(record: dict[str, Any]) -> str:
+    s = Settings(**{**record["settings"], "batches": tuple(record["settings"]["batches"])})
+    lines = [f"Images per second by batch size, {record['device']}; {record['providers']}.", "",
+             "| model | backend | " + " | ".join(f"batch {b}" for b in s.batches) + " |",
+             "| --- | --- |" + " ---: |" * len(s.batches)]
+    cells: dict[tuple[str, str], list[str]] = {}
+    for row in record["rows"]:
+        value = (f"{row['img_s']:,.1f}" if "img_s" in row else
+                 "skipped" if "skipped" in row else "error")
+        cells.setdefault((row["model"], row["backend"]), []).append(value)
+    lines += [f"| {m} | {b} | " + " | ".join(v) + " |" for (m, b), v in cells.items()]
+    errors = [r for r in record["rows"] if "error" in r]
+    lines += ["", *(f"- error, {r['model']} {r['backend']} batch {r['batch']}: {r['error']}"
+                    for r in errors)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU")
+    parser.add_argument("--out", type=Path, default=Path("gpu-results/model_throughput.md"))
+    parser.add_argument("--budget", type=float, help="seconds before cells are skipped")
+    args = parser.parse_args(argv)
+    s = DRY_RUN if args.dry_run else Settings()
+    if args.budget is not None:
+        s = Settings(**{**asdict(s), "budget": args.budget})
+    with tempfile.TemporaryDirectory(prefix="boxgen-models-") as tmp:
+        record = measure(s, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report(record))
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
