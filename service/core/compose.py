@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from service.core.object_bank import BankObject, ObjectBank
+from service.core.quality import EXTRA_OBJECTS
 
 BLENDS = ("hard", "feathered", "blurred")
 MAX_SIZE = 1024  # longest side a request may ask for
@@ -37,7 +38,9 @@ OVERLAP_SHARE, OVERLAP_OBJECTS = 0.1, 0.2
 class ComposeSettings:
     """How far composed arrangements stray from the photos'."""
 
-    extra_objects: int = 1  # up to this many more products than the fullest photo
+    # Up to this many more products than the fullest photo: as many as the judge takes for a
+    # new arrangement rather than a miscount.
+    extra_objects: int = EXTRA_OBJECTS
     scale_jitter: float = 0.1  # products are scaled by 1 ± this
     mirror: float = 0.5  # chance to mirror a product
     # Every product keeps this fraction of its pixels in view: a product half hidden reads as

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from service.core.labeller_session import Detections
-from service.core.quality import QualityCalibration
+from service.core.quality import EXTRA_OBJECTS, QualityCalibration
 from service.core.sampling import sample_selected
 from service.core.selector import Selector, category_fractions
 from training.render import make_group, render_image
@@ -119,6 +119,18 @@ def test_each_class_is_held_to_its_own_confidence():
     assert calibration.score(det((0, 0.35), (1, 0.9)), (100, 100))[0] == 1.0
     assert calibration.score(det((0, 0.9), (1, 0.3)), (100, 100))[0] < 0.5
     assert QualityCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_one_product_more_than_the_photos_is_new_two_more_cost_quality():
+    def det(k: int) -> Detections:
+        xyxy = np.array([[5 + 30 * i, 10, 25 + 30 * i, 30] for i in range(k)], np.float32)
+        return Detections(xyxy, np.zeros(k, np.int64), np.full(k, 0.9, np.float32), (100, 100))
+
+    calibration = QualityCalibration.fit([det(1)] * 10, [(100, 100)] * 10)
+    assert calibration.count_range == (1, 1)
+    assert calibration.score(det(1 + EXTRA_OBJECTS), (100, 100))[0] == 1.0
+    quality, _, why = calibration.score(det(2 + EXTRA_OBJECTS), (100, 100))
+    assert quality == 0.75 and "real images have 1-1" in why
 
 
 def test_save_and_load_give_the_same_scores(tmp_path, selector):
