@@ -155,7 +155,7 @@ def instrument(pipeline: Pipeline, sku: str) -> StageClock:
     clock = StageClock()
     session = pipeline.cache.generator(pipeline.cache.repository.resolve(sku))
     if isinstance(session, GeneratorSession):
-        clock.wrap(session, "sample", "generate")
+        clock.wrap(session, "sample_seeded", "generate")
     else:
         clock.wrap(session, "compose", "compose")
         if session.refiner is not None:

@@ -1,8 +1,8 @@
 """Admission control: past a depth of `/generate` work in flight, refuse at once.
 
-A worker runs `/generate` on BentoML's four threads; requests beyond that wait in the worker
-for a thread. Under a burst the wait grows until clients time out, and a client that times
-out and retries adds to it. So each worker holds at most `BOXGEN_MAX_IN_FLIGHT` /generate
+A worker runs `/generate` on `REQUEST_THREADS` BentoML threads; requests beyond that wait in
+the worker for a thread. Under a burst the wait grows until clients time out, and a client
+that times out and retries adds to it. So each worker holds at most `BOXGEN_MAX_IN_FLIGHT` /generate
 requests (working or waiting); the next one gets an immediate 503 with `Retry-After` and the
 usual `{"error", "field"}` body, which a load balancer or client can send elsewhere or retry.
 

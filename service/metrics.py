@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -92,6 +93,13 @@ IN_FLIGHT = Gauge(
     ["endpoint"],
     multiprocess_mode="livesum",
 )
+BATCH_REQUESTS = Histogram(
+    "boxgen_inference_batch_requests",
+    "Requests that shared one network call, by stage (sample: compose/refine or the gan "
+    "generator; label: the labeller). Above 1 when concurrent requests are batched together.",
+    ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 GPU_MEMORY = Gauge(
     "boxgen_gpu_memory_bytes",
     "GPU memory in use per device, from nvidia-smi (absent without a GPU).",
@@ -118,6 +126,13 @@ def record_generation(sku: str, seconds: float, returned: int, tried: int, passe
     IMAGES_GENERATED.labels(sku=sku).inc(returned)
     SAMPLES.labels(sku=sku).inc(tried)
     SAMPLES_SELECTED.labels(sku=sku).inc(passed)
+
+
+def record_batch(key: Hashable, requests: int) -> None:
+    """One network call that `requests` requests shared (`service.core.batching`); the key's
+    first entry names the stage."""
+    stage = key[0] if isinstance(key, tuple) else str(key)
+    BATCH_REQUESTS.labels(stage=stage).observe(requests)
 
 
 def record_models_loaded(cache: ModelCache) -> None:

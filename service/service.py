@@ -27,6 +27,7 @@ from pydantic import Field
 
 from service import metrics
 from service.admission import AdmissionMiddleware
+from service.core.batching import Batcher
 from service.core.cards import DEFAULT_RECIPE, DEFAULT_REFINE
 from service.core.pipeline import LabellerMissing, ModelCache, Pipeline
 from service.core.repository import BASE, ModelNotFound, ModelRepository
@@ -55,7 +56,7 @@ from service.security import (
     checked_uploads,
 )
 from service.serve import watch_server
-from service.settings import ServiceSettings
+from service.settings import REQUEST_THREADS, ServiceSettings
 
 logger = logging.getLogger("boxgen.service")
 
@@ -82,7 +83,7 @@ def tag_sku(ctx: bentoml.Context, sku: str) -> None:
 
 
 @bentoml.asgi_app(jobs_api, path="/")
-@bentoml.service(name="boxgen", threads=4, traffic={"timeout": 600})
+@bentoml.service(name="boxgen", threads=REQUEST_THREADS, traffic={"timeout": 600})
 class Boxgen:
     """Generates labelled bin images per SKU and fine-tunes new SKUs from a few photos."""
 
@@ -90,7 +91,8 @@ class Boxgen:
         self.settings = ServiceSettings.from_env()
         self.repository = ModelRepository(self.settings.models)
         self.cache = ModelCache(self.repository, self.settings.generator_cache)
-        self.pipeline = Pipeline(self.cache, self.settings.max_tries_factor)
+        self.pipeline = Pipeline(self.cache, self.settings.max_tries_factor,
+                                 Batcher(observe=metrics.record_batch))
         self.jobs = JobStore(self.settings.models)
         self.runner = JobRunner(self.jobs, self.settings.finetune_args)
         watch_server(self.runner.abandon)  # this worker dies with `boxgen serve`

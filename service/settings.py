@@ -27,6 +27,11 @@ def _int_env(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+# BentoML threads per worker for the API: requests working at once. Inference runs one network
+# call at a time whatever this is; requests in flight together share those calls
+# (`service.core.batching`), so more threads make larger shared batches, not contention.
+REQUEST_THREADS = 32
+
 @dataclass(frozen=True)
 class ServiceSettings:
     models: Path  # model repository root (BOXGEN_MODELS); jobs live in <models>/_jobs
@@ -41,8 +46,8 @@ class ServiceSettings:
     max_iterations: int = 100_000  # most fine-tune iterations a request may ask for
     finetune_args: tuple[str, ...] = ()  # extra `boxgen finetune` flags (BOXGEN_FINETUNE_ARGS)
     generator_cache: int = 16  # generator sessions kept open per worker
-    # /generate requests one worker holds at once (working or waiting for one of its 4
-    # threads); one more is refused at once with 503 and Retry-After (BOXGEN_MAX_IN_FLIGHT).
+    # /generate requests one worker holds at once (working or waiting for one of its
+    # REQUEST_THREADS); one more is refused at once with 503 and Retry-After (BOXGEN_MAX_IN_FLIGHT).
     max_in_flight: int = 64
 
     @classmethod

@@ -76,9 +76,10 @@ def compose_sheet(photos: Path, models: Path, sku: str, out: Path, n: int = 8,
     version has a refiner, the same composites refined (what /generate selects from)."""
     from service.core.compose_session import ComposeSession
     from service.core.datasets import image_files, read_image
+    from service.core.seeds import image_seeds
 
     session = ComposeSession.from_folder(ModelRepository(models).resolve(sku).path)
-    composites, masks, _ = session.compose(n, seed, size)
+    composites, masks, _ = session.compose(image_seeds(seed, 0, n), size)
     refined = list(session.refiner.refine(composites, masks)) if session.refiner else []
     real = [np.asarray(Image.fromarray(read_image(f)).resize(composites.shape[2:0:-1]))
             for f in image_files(photos)[:n]]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.compose import DEFAULT_SIZE, ComposeSettings, compose_batch
+from service.core.compose import DEFAULT_SIZE, ComposeSettings, compose
 from service.core.labeller_session import Detections
 from service.core.object_bank import ObjectBank
 from service.core.refiner_session import RefinerSession
 from service.core.repository import REFINER_FILE
+from service.core.seeds import image_seeds, stream
 
 
 class ComposeSession:
@@ -36,11 +37,12 @@ class ComposeSession:
     def classes(self) -> list[str]:
         return self.bank.names
 
-    def compose(self, n: int, seed: int | None, size: int = DEFAULT_SIZE
+    def compose(self, seeds: list[int], size: int = DEFAULT_SIZE
                 ) -> tuple[np.ndarray, np.ndarray, list[Detections]]:
-        """`n` composites before refinement: (images uint8 [n, H, W, 3], masks float32
-        [n, H, W], labels)."""
-        composites = compose_batch(self.bank, n, size, seed, self.settings)
+        """One composite per seed (`service.core.seeds`) before refinement: (images uint8
+        [n, H, W, 3], masks float32 [n, H, W], labels)."""
+        composites = [compose(self.bank, size, np.random.default_rng(s), self.settings)
+                      for s in seeds]
         labels = [Detections(c.boxes, c.cls, np.ones(len(c.cls), np.float32), c.image.shape[:2])
                   for c in composites]
         if not composites:
@@ -52,7 +54,12 @@ class ComposeSession:
                ) -> tuple[np.ndarray, list[Detections]]:
         """`n` images (refined when the version has a refiner) and their labels; the same
         seed gives the same images."""
-        images, masks, labels = self.compose(n, seed, size)
+        return self.sample_seeded(image_seeds(stream(seed), 0, n), size)
+
+    def sample_seeded(self, seeds: list[int], size: int = DEFAULT_SIZE
+                      ) -> tuple[np.ndarray, list[Detections]]:
+        """One image per seed and its labels."""
+        images, masks, labels = self.compose(seeds, size)
         if self.refiner is not None and len(images):
             images = self.refiner.refine(images, masks)
         return images, labels

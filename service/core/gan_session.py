@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from service.core.onnx_session import open_session
+from service.core.seeds import image_seeds, stream
 
 
 def latents(n: int, z_dim: int, seed: int | None) -> np.ndarray:
@@ -45,4 +46,10 @@ class GeneratorSession:
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """`n` images as uint8 NHWC; the same seed gives the same images."""
-        return to_uint8(self.run(latents(n, self.z_dim, seed)))
+        return self.sample_seeded(image_seeds(stream(seed), 0, n))
+
+    def sample_seeded(self, seeds: list[int]) -> np.ndarray:
+        """One image per seed (`service.core.seeds`), uint8 NHWC."""
+        z = [np.random.default_rng(s).standard_normal(self.z_dim, dtype=np.float32)
+             for s in seeds]
+        return to_uint8(self.run(np.stack(z) if z else np.zeros((0, self.z_dim), np.float32)))

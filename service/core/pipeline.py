@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.batching import Batcher
 from service.core.cards import GeneratorCard
 from service.core.compose import DEFAULT_SIZE
 from service.core.compose_session import ComposeSession
@@ -50,6 +51,7 @@ from service.core.repository import (
     ModelVersion,
 )
 from service.core.sampling import sample_selected
+from service.core.seeds import image_seeds, stream
 from service.core.selector import Selector
 
 
@@ -207,16 +209,21 @@ class ModelCache:
 
 
 class Pipeline:
-    """Sampling, labelling and selection for one worker; inference runs one call at a time.
+    """Sampling, labelling and selection for one worker.
 
-    onnxruntime already spreads one call over every core, so concurrent calls in one process
-    would only contend; the lock serialises inference while uploads and job queries go on.
+    Network calls go through one `Batcher`: one call at a time (onnxruntime already spreads a
+    call over every core, so concurrent calls in one process would only contend), and
+    concurrent requests for the same model share their calls, while uploads and job queries
+    go on. Each model and `select` keeps the pass rate its requests saw, so the next request's
+    first round asks for about as many images as it needs.
     """
 
-    def __init__(self, cache: ModelCache, max_tries_factor: int = 20):
+    def __init__(self, cache: ModelCache, max_tries_factor: int = 20,
+                 batcher: Batcher | None = None):
         self.cache = cache
         self.max_tries_factor = max_tries_factor
-        self.inference = threading.Lock()
+        self.batcher = batcher or Batcher()
+        self.pass_rates: dict[tuple[Any, ...], float] = {}
 
     def generate(self, sku: str, n: int, seed: int | None = None, version: int | None = None,
                  select: str = "green", size: int | None = None) -> Generated:
@@ -231,35 +238,42 @@ class Pipeline:
                 raise SizeUnsupported(
                     f"size {size}: {sku} version {entry.version} is a gan model, which makes "
                     f"{session.resolution} px images only")
+            side = session.resolution
 
-            def sample(k: int, seed: int | None) -> np.ndarray:
-                with self.inference:
-                    return session.sample(k, seed)
+            def sample(seeds: list[int]) -> np.ndarray:
+                return self.batcher.run(("sample", id(session)), seeds, session.sample_seeded)
         else:
             side = DEFAULT_SIZE if size is None else size
 
-            def sample(k: int, seed: int | None) -> tuple[np.ndarray, list[Detections]]:
-                with self.inference:
-                    return session.sample(k, seed, side)
+            def sample(seeds: list[int]) -> tuple[np.ndarray, list[Detections]]:
+                images, labels = self.batcher.run(
+                    ("sample", id(session), side), seeds,
+                    lambda batch: session.sample_seeded(batch, side))
+                return images, list(labels)
 
+        stream_seeds = image_seeds(stream(seed), 0, n)
         if select == "none" and isinstance(session, ComposeSession):
-            images, labels = sample(n, seed)  # labels by construction: no labeller needed
+            images, labels = sample(stream_seeds)  # labels by construction: no labeller needed
             return Generated(sku, entry.version, "none", seed, list(images), labels,
                              session.classes, [None] * n, n, n)
         labeller = self.cache.load_labeller()
 
         def label(images: list[np.ndarray] | np.ndarray) -> list[Detections]:
-            with self.inference:
-                return labeller.label(images)
+            return list(self.batcher.run(("label", id(labeller)), list(images), labeller.label))
 
         classes = session.classes if isinstance(session, ComposeSession) else labeller.classes
         if select == "none":
-            images = sample(n, seed)
+            images = sample(stream_seeds)
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
                              classes, [None] * len(images), len(images), len(images))
 
+        rate_key = (entry.name, entry.version, entry.stamp, select, side)
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
-                                 max_tries=n * self.max_tries_factor)
+                                 max_tries=n * self.max_tries_factor,
+                                 expected_rate=self.pass_rates.get(rate_key, 1.0))
+        if result.tried:
+            previous = self.pass_rates.get(rate_key, result.pass_rate)
+            self.pass_rates[rate_key] = 0.7 * previous + 0.3 * result.pass_rate
         return Generated(
             sku, entry.version, select, seed, list(result.images), list(result.detections),
             classes, [score_fields(s) for s in result.scores], result.tried,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.core.novelty import distances, novelty_features
+from service.core.seeds import image_seeds, stream
 from service.core.selector import ImageScore, Selector, passes
 
 
@@ -21,19 +22,18 @@ class SelectionResult:
     detections: list[Any]
     scores: list[ImageScore]
     tried: int  # images generated in all
-    passed_fraction: float  # passing / tried
+    passed_fraction: float  # kept / tried
     complete: bool  # k == n
     message: str
+    pass_rate: float  # images that passed the judge / tried (kept or not): the next prior
 
 
-def round_seed(seed: int | None, round_index: int, entropy: int) -> int:
-    """The generator seed of one oversampling round, derived from the request's seed."""
-    base = [seed] if seed is not None else [entropy]
-    return int(np.random.SeedSequence([*base, round_index]).generate_state(1)[0])
+# The pass rate a request assumes before its own first round, counted as this many images.
+PRIOR_WEIGHT = 4
 
 
 def sample_selected(
-    generate: Callable[[int, int], np.ndarray | tuple[np.ndarray, list[Any]]],
+    generate: Callable[[list[int]], np.ndarray | tuple[np.ndarray, list[Any]]],
     label: Callable[[np.ndarray], list[Any]],
     selector: Selector,
     n: int,
@@ -42,14 +42,17 @@ def sample_selected(
     max_tries: int | None = None,
     max_batch: int = 256,
     distinct: bool = True,
+    expected_rate: float = 1.0,
 ) -> SelectionResult:
     """Generate, label and score in rounds until `n` images pass `select`, or the budget ends.
 
-    `generate(k, seed)` returns k uint8 NHWC images, or (images, labels) for images built
-    with labels (compose: one `Detections` each, which are then served, and checked against
-    the labeller's); `label(images)` returns one detections object per image. Round r uses
-    `round_seed(seed, r)`, so the same seed gives the same images. Each
-    round asks for what is missing divided by the pass rate seen so far (+20 %), at most
+    `generate(seeds)` returns one uint8 NHWC image per seed, or (images, labels) for images
+    built with labels (compose: one `Detections` each, which are then served, and checked
+    against the labeller's); `label(images)` returns one detections object per image. Image j
+    of a request has seed j of the request's stream (`service.core.seeds`) and images are
+    judged in stream order, so the same seed gives the same images however the rounds fall.
+    Each round asks for what is missing divided by the pass rate (the images that passed
+    so far, with `expected_rate` counted as `PRIOR_WEIGHT` images before the first), at most
     `max_batch`; at most `max_tries` images (default 20 × n) are generated. With `distinct`,
     an image within the copy threshold of one already accepted is rejected too (a collapsed
     generator repeating one new image does not fill the request). Returns fewer than n images
@@ -61,21 +64,20 @@ def sample_selected(
     budget = 20 * n if max_tries is None else int(max_tries)
     if budget < n:
         raise ValueError(f"max_tries ({budget}) must be at least n ({n})")
-    entropy = int(np.random.SeedSequence().entropy % 2**63) if seed is None else 0
+    key = stream(seed)
     kept_images: list[np.ndarray] = []
     kept_det: list[Any] = []
     kept_scores: list[ImageScore] = []
     kept_features: list[np.ndarray] = []
-    tried, round_index = 0, 0
+    tried = passing = 0
     while len(kept_images) < n and tried < budget:
         missing = n - len(kept_images)
-        rate = len(kept_images) / tried if tried else 1.0
-        want = missing if select == "none" else math.ceil(1.2 * missing / max(rate, 0.05))
+        rate = (passing + PRIOR_WEIGHT * expected_rate) / (tried + PRIOR_WEIGHT)
+        want = missing if select == "none" else math.floor(missing / max(rate, 0.05))
         k = max(1, min(want, max_batch, budget - tried))
-        batch = generate(k, round_seed(seed, round_index, entropy))
+        batch = generate(image_seeds(key, tried, k))
         images, built = batch if isinstance(batch, tuple) else (batch, None)
         images = np.asarray(images)
-        round_index += 1
         tried += len(images)
         if len(images) == 0:
             break
@@ -85,7 +87,10 @@ def sample_selected(
         served = detections if built is None else built
         features = novelty_features(images) if distinct and select != "none" else None
         for i, score in enumerate(scores):
-            if len(kept_images) == n or not passes(score, select):
+            if not passes(score, select):
+                continue
+            passing += 1
+            if len(kept_images) == n:
                 continue
             if features is not None and kept_features:
                 kept = np.stack(kept_features)[:, None]  # [k, 1, D]
@@ -102,4 +107,5 @@ def sample_selected(
     shape = images.shape[1:] if tried else (0, 0, 3)
     out = np.stack(kept_images) if kept_images else np.zeros((0, *shape), np.uint8)
     return SelectionResult(out, kept_det, kept_scores, tried,
-                           len(kept_images) / tried if tried else 0.0, done, message)
+                           len(kept_images) / tried if tried else 0.0, done, message,
+                           passing / tried if tried else 0.0)

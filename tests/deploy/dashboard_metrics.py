@@ -34,6 +34,7 @@ EXPORTED_METRICS: dict[str, str] = {
     "boxgen_gpu_memory_bytes": "gauge",
     "boxgen_requests_rejected_total": "counter",
     "boxgen_requests_in_flight": "gauge",
+    "boxgen_inference_batch_requests": "histogram",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -229,6 +229,9 @@ def test_metrics_move_across_two_workers(server: BoxgenServer, client: httpx.Cli
     assert delta("boxgen_generate_latency_seconds_count") == calls
     assert delta("boxgen_image_seconds_count") == calls
     assert delta("boxgen_generate_latency_seconds_bucket", 'le="+Inf"') == calls
+    for stage in ('stage="sample"', 'stage="label"'):  # one job per request and stage
+        assert delta("boxgen_inference_batch_requests_sum", stage) == calls
+        assert 0 < delta("boxgen_inference_batch_requests_count", stage) <= calls
     assert metric_value(after, "boxgen_models_loaded", 'kind="labeller"') == 1
     assert "boxgen_finetune_jobs_current{" in after
     assert "bentoml_service_request_total" in after  # BentoML's own metrics still there

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from service.core.cards import BaseCard, GeneratorCard
 from service.core.object_bank import BANK_DIR, BANK_INDEX
-from service.core.pipeline import generate_dataset
+from service.core.pipeline import ModelCache, Pipeline, generate_dataset
 from service.core.repository import (
     BASE,
     BASE_REFINER_FILE,
@@ -150,3 +151,23 @@ def test_the_base_refiner_is_pretrained_on_a_corpus_and_fine_tunes_start_from_it
     refiner = version.read_card(GeneratorCard).refiner
     assert refiner["parent"] == f"{BASE}/{base.version}" and refiner["steps"] == 2
     assert refiner["config"]["channels"] == refiner_profile("tiny").channels  # base's shape
+
+
+def test_concurrent_requests_share_calls_and_get_what_each_would_alone(published, root: Path):
+    """Cross-request batching: requests in flight together share the refiner's and the
+    labeller's calls, and each still gets the images its seed names."""
+    def pipeline() -> Pipeline:
+        return Pipeline(ModelCache(ModelRepository(root / "models")))
+
+    alone = pipeline()
+    expected = [alone.generate("tea-box", 2, seed=s, select="yellow") for s in range(8)]
+    shared = pipeline()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: shared.generate("tea-box", 2, seed=s, select="yellow"),
+                            range(8)))
+    assert sum(len(r.images) for r in expected) >= 4
+    for a, b in zip(expected, got, strict=True):
+        assert len(a.images) == len(b.images)
+        assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+        assert [d.boxes.tolist() for d in a.detections] == [d.boxes.tolist() for d in b.detections]
+    assert shared.batcher.stats.jobs > shared.batcher.stats.calls  # some calls were shared

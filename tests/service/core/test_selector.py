@@ -151,11 +151,11 @@ class MixedGenerator:
     def __init__(self, train: np.ndarray, kinds: tuple[str, ...] = ("copy", "new", "cut")):
         self.train, self.kinds, self.truth, self.calls = train, kinds, {}, 0
 
-    def __call__(self, n: int, seed: int) -> np.ndarray:
+    def __call__(self, seeds: list[int]) -> np.ndarray:
         self.calls += 1
-        rng = np.random.default_rng(seed)
         out = []
-        for _ in range(n):
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
             kind = self.kinds[int(rng.integers(len(self.kinds)))]
             index = int(rng.integers(1000, 10**6))
             if kind == "copy":
@@ -183,6 +183,22 @@ def test_sample_selected_returns_only_green_and_is_deterministic(train, selector
     assert not np.array_equal(a.images, c.images)
 
 
+def test_the_same_seed_gives_the_same_images_however_the_rounds_fall(train, selector):
+    """Image j comes from seed j of the request's stream: a request that expects every sample
+    to pass (rounds of what is missing) and one that expects few to (one large round) serve
+    the same images, and the learnt rate saves tries."""
+    gen = MixedGenerator(train)
+    hopeful = sample_selected(gen, gen.label, selector, n=5, seed=9, expected_rate=1.0)
+    doubtful = sample_selected(gen, gen.label, selector, n=5, seed=9, expected_rate=0.1)
+    assert hopeful.complete and np.array_equal(hopeful.images, doubtful.images)
+    assert doubtful.tried > hopeful.tried and gen.calls > 2
+    single = [sample_selected(gen, gen.label, selector, n=1, seed=s, expected_rate=rate)
+              for s in range(10) for rate in (0.05, hopeful.pass_rate)]
+    wasteful, informed = single[0::2], single[1::2]
+    assert sum(r.tried for r in informed) < sum(r.tried for r in wasteful)
+    assert 0 < hopeful.pass_rate < 1
+
+
 def test_sample_selected_stops_at_the_budget(train, selector):
     gen = MixedGenerator(train, kinds=("copy",))
     result = sample_selected(gen, gen.label, selector, n=4, seed=0, max_tries=30)
@@ -199,8 +215,8 @@ def test_select_none_returns_raw_samples_with_scores(train, selector):
 def test_a_collapsed_generator_does_not_fill_the_request(train, selector):
     image, det = render(777)
 
-    def collapsed(n: int, seed: int) -> np.ndarray:
-        return np.repeat(image[None], n, axis=0)
+    def collapsed(seeds: list[int]) -> np.ndarray:
+        return np.repeat(image[None], len(seeds), axis=0)
 
     result = sample_selected(collapsed, lambda x: [det] * len(x), selector, n=3, seed=0,
                              max_tries=20)
@@ -209,8 +225,8 @@ def test_a_collapsed_generator_does_not_fill_the_request(train, selector):
 
 def test_user_errors_are_value_errors(train, selector):
     with pytest.raises(ValueError, match="select must be one of"):
-        sample_selected(lambda n, s: train[0][:n], lambda x: train[1][: len(x)], selector, 2,
-                        select="blue")
+        sample_selected(lambda seeds: train[0][: len(seeds)], lambda x: train[1][: len(x)],
+                        selector, 2, select="blue")
     with pytest.raises(ValueError, match="at least 2 training images"):
         Selector.fit(train[0][:1])
     with pytest.raises(ValueError, match="expected uint8"):
