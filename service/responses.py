@@ -10,11 +10,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from starlette.responses import Response
 
 from service import metrics
+from service.core import png
 from service.core.labeller_session import Detections
 from service.core.pipeline import Generated, Pipeline, write_generated
 from service.core.repository import (
@@ -81,12 +80,6 @@ def job_status(job: Job) -> JobStatus:
     )
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def boxes(detections: Detections, classes: list[str]) -> list[Box]:
     rows = detections.yolo_rows()
     return [
@@ -99,12 +92,12 @@ def boxes(detections: Detections, classes: list[str]) -> list[Box]:
 def to_json(result: Generated) -> GenerateResponse:
     images = [
         GeneratedImage(
-            png_base64=base64.b64encode(png_bytes(image)).decode(),
+            png_base64=base64.b64encode(png).decode(),
             width=image.shape[1], height=image.shape[0], boxes=boxes(det, result.classes),
             **(score or {}),
         )
-        for image, det, score in zip(result.images, result.detections, result.scores,
-                                     strict=True)
+        for image, png, det, score in zip(result.images, png.encode_all(result.images),
+                                          result.detections, result.scores, strict=True)
     ]
     return GenerateResponse(sku=result.sku, version=result.version, select=result.select,
                             seed=result.seed, images=images, tried=result.tried,

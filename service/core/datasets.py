@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.core import png
 from service.core.labeller_session import Detections, LabellerSession
 from service.core.repository import first_line
 from service.core.yolo import write_data_yaml, write_rows
@@ -148,9 +149,9 @@ def write_dataset(
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     file_names = []
-    for image, det, stem in zip(images, detections, stems, strict=True):
+    for encoded, det, stem in zip(png.encode_all(images), detections, stems, strict=True):
         file_name = f"images/{stem}.png"
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(out / file_name)
+        (out / file_name).write_bytes(encoded)
         file_names.append(file_name)
         rows = det.yolo_rows()
         if single:
