@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from service.core.devices import WORKERS_ENV
+
 SERVICE = "service.service:Boxgen"
 SERVICE_NAME = "boxgen"
 SERVER_PID_ENV = "BOXGEN_SERVER_PID"  # the `boxgen serve` process, which workers die with
@@ -66,6 +68,7 @@ def server_environment(
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_HOME": str(Path(home).resolve()),
         "BENTOML_CONFIG_OPTIONS": f"{overrides} services.{SERVICE_NAME}.workers={workers}".strip(),
+        WORKERS_ENV: str(workers),  # the workers share the CPUs (`onnx_session.session_threads`)
     }
     if api_key:
         env["BOXGEN_API_KEY"] = api_key

@@ -1,4 +1,5 @@
-"""One place that opens onnxruntime sessions: CUDA provider when present, CPU otherwise."""
+"""One place that opens onnxruntime sessions: CUDA provider when present, CPU otherwise, with
+the threads this worker may use (`devices.session_threads`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service.core.devices import cpu_forced
+from service.core.devices import cpu_forced, session_threads
 
 
 def providers() -> list[str]:
@@ -20,9 +21,10 @@ def providers() -> list[str]:
 
 
 def open_session(path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
-    """An inference session for the ONNX file at `path`."""
+    """An inference session for the ONNX file at `path`, with `threads` intra-op threads
+    (default `session_threads()`), every graph optimisation on."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime warns about unused initialisers on every load
-    if threads:
-        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or session_threads()
     return ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers())
