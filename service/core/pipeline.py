@@ -246,10 +246,14 @@ class Pipeline:
             side = DEFAULT_SIZE if size is None else size
 
             def sample(seeds: list[int]) -> tuple[np.ndarray, list[Detections]]:
-                images, labels = self.batcher.run(
-                    ("sample", id(session), side), seeds,
-                    lambda batch: session.sample_seeded(batch, side))
-                return images, list(labels)
+                # Composing is numpy and OpenCV, not a network call: it runs in this request's
+                # thread, beside other requests' composing and the batched network calls.
+                images, masks, labels = session.compose(seeds, side)
+                if session.refiner is not None and len(images):
+                    images = self.batcher.run(("sample", id(session), side),
+                                              list(zip(images, masks, strict=True)),
+                                              lambda pairs: refine(session, pairs))
+                return images, labels
 
         stream_seeds = image_seeds(stream(seed), 0, n)
         if select == "none" and isinstance(session, ComposeSession):
@@ -279,6 +283,11 @@ class Pipeline:
             classes, [score_fields(s) for s in result.scores], result.tried,
             len(result.images), None if result.complete else result.message,
         )
+
+
+def refine(session: ComposeSession, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`session`'s refiner on (composite, mask) pairs of one size."""
+    return session.refiner.refine(np.stack([c for c, _ in pairs]), np.stack([m for _, m in pairs]))
 
 
 def score_fields(score: Any) -> dict[str, Any]:

@@ -82,10 +82,12 @@ def sample_selected(
         if len(images) == 0:
             break
         detections = label(images)
+        features = novelty_features(images)
         scores = selector.score(images, detections,
-                                None if built is None else [b.boxes for b in built])
+                                None if built is None else [b.boxes for b in built], features)
         served = detections if built is None else built
-        features = novelty_features(images) if distinct and select != "none" else None
+        if not distinct or select == "none":
+            features = None
         for i, score in enumerate(scores):
             if not passes(score, select):
                 continue

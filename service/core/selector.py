@@ -115,22 +115,26 @@ class Selector:
         return cls(reference, threshold, loo, quality, FidelityCalibration.fit(train_images),
                    agreement_min)
 
-    def novelty(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(novelty [N], nearest training index [N]) for uint8 images."""
+    def novelty(self, images: np.ndarray | Sequence[np.ndarray],
+                features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(novelty [N], nearest training index [N]) for uint8 images (`features`: their
+        `novelty_features`, when the caller has them already)."""
         if len(images) == 0:
             return np.zeros(0), np.zeros(0, np.int64)
-        d = distances(novelty_features(images), self.reference)
+        d = distances(novelty_features(images) if features is None else features, self.reference)
         return d.min(1) / self.copy_threshold, d.argmin(1)
 
     def score(self, images: np.ndarray | Sequence[np.ndarray],
               detections: Sequence[DetectionsLike] | None = None,
-              labels: Sequence[np.ndarray] | None = None) -> list[ImageScore]:
+              labels: Sequence[np.ndarray] | None = None,
+              features: np.ndarray | None = None) -> list[ImageScore]:
         """Category and measures for each image; `detections` from the labeller and `labels`
-        (pixel boxes the image was built with, compose only), one per image."""
+        (pixel boxes the image was built with, compose only), one per image; `features` as
+        in `novelty`."""
         for given, name in ((detections, "detections"), (labels, "labels")):
             if given is not None and len(given) != len(images):
                 raise ValueError(f"{len(given)} {name} for {len(images)} images")
-        novelty, nearest = self.novelty(images)
+        novelty, nearest = self.novelty(images, features)
         fidelity = self.fidelity.score(images) if self.fidelity is not None and len(images) \
             else [None] * len(images)
         scores = []
