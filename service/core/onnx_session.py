@@ -27,4 +27,5 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None) -> or
     options.log_severity_level = 3  # onnxruntime warns about unused initialisers on every load
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or session_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers())
