@@ -9,7 +9,8 @@
 # session's budget holds even when a step hangs):
 #   env.txt               GPU, driver, torch, onnxruntime and which execution providers exist
 #   model_throughput.*    gan generator, compose refiner, labeller: img/s, batches 1-256, torch
-#                         fp32 / bf16, onnxruntime CUDA / TensorRT when installed
+#                         fp32 / bf16, onnxruntime CUDA / TensorRT when installed, each also
+#                         with an fp16 copy of the model (its max difference to fp32 listed)
 #   throughput.*          labelled img/s end to end, both recipes (bench/throughput.py direct)
 #   train_speed.txt       s/iteration per profile, fp32 vs bf16
 #   pytest.txt            the CUDA-sensitive training tests

@@ -21,7 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,11 @@ class Settings:
     batches: tuple[int, ...] = (1, 4, 16, 64, 256)
     repeats: int = 5  # timed runs per cell, after one warm-up
     budget: float = 240.0  # seconds; later cells are skipped
+    fp16_on_cpu: bool = False  # run the fp16 copy on the CPU provider too (few fp16 kernels)
 
 
 DRY_RUN = Settings(generator_profile="tiny", refiner_profile="tiny", labeller_cfg="yolov5n.yaml",
-                   size=32, batches=(1, 2), repeats=1, budget=60.0)
+                   size=32, batches=(1, 2), repeats=1, budget=60.0, fp16_on_cpu=True)
 
 
 @dataclass
@@ -105,22 +106,40 @@ def build_models(s: Settings, work: Path) -> list[Model]:
     return models
 
 
-def backends(device: torch.device) -> tuple[list[str], str]:
-    """The backend names to measure, and a line saying which onnxruntime providers exist."""
+def backends(device: torch.device, fp16_on_cpu: bool = False) -> tuple[list[str], str]:
+    """The backend names to measure, and a line saying which onnxruntime providers exist.
+    Each GPU provider also runs an fp16 copy of the model (`-fp16`; the CPU one only with
+    `fp16_on_cpu`, the dry run's: the CPU has few fp16 kernels)."""
     available = ort.get_available_providers()
     gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
-    names = ["torch-fp32", "torch-bf16"] + [f"ort-{p.removesuffix('ExecutionProvider')}"
-                                            for p in gpu]
+    names = ["torch-fp32", "torch-bf16"]
+    for provider in gpu:
+        short = provider.removesuffix("ExecutionProvider")
+        names += [f"ort-{short}", f"ort-{short}-fp16"]
     if device.type == "cpu" and not gpu:
-        names.append("ort-CPU")
+        names += ["ort-CPU", "ort-CPU-fp16"] if fp16_on_cpu else ["ort-CPU"]
     note = f"onnxruntime {ort.__version__} providers installed: {available}"
     if device.type == "cuda" and not gpu:
         note += "; onnxruntime-gpu is not installed, so only the torch path is measured"
     return names, note
 
 
+def fp16_copy(model: Model) -> Path:
+    """The model with fp16 weights and activations, fp32 inputs and outputs (what a GPU
+    serves fastest), written beside it."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    path = model.onnx.with_suffix(".fp16.onnx")
+    if not path.is_file():
+        onnx.save(convert_float_to_float16(onnx.load(str(model.onnx)), keep_io_types=True),
+                  str(path))
+    return path
+
+
 def ort_session(model: Model, backend: str, max_batch: int, cache: Path) -> ort.InferenceSession:
-    provider = f"{backend.removeprefix('ort-')}ExecutionProvider"
+    provider = f"{backend.removeprefix('ort-').removesuffix('-fp16')}ExecutionProvider"
+    onnx_file = fp16_copy(model) if backend.endswith("-fp16") else model.onnx
     options: dict[str, Any] = {}
     if provider == "TensorrtExecutionProvider":
         # One engine for every batch size: else TensorRT builds one per shape, minutes each.
@@ -135,8 +154,18 @@ def ort_session(model: Model, backend: str, max_batch: int, cache: Path) -> ort.
                    shapes(max_batch), "trt_profile_opt_shapes": shapes(min(64, max_batch))}
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
-    return ort.InferenceSession(str(model.onnx), sess_options=session_options,
+    return ort.InferenceSession(str(onnx_file), sess_options=session_options,
                                 providers=[(provider, options), "CPUExecutionProvider"])
+
+
+def parity(model: Model, session: ort.InferenceSession) -> float:
+    """Max abs difference between `session` and the fp32 model on the CPU, on one batch of 2."""
+    inputs = model.inputs(2)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    reference = ort.InferenceSession(str(model.onnx), sess_options=options,
+                                     providers=["CPUExecutionProvider"])
+    return float(np.abs(session.run(None, inputs)[0] - reference.run(None, inputs)[0]).max())
 
 
 def runner(model: Model, backend: str, batch: int, device: torch.device,
@@ -171,7 +200,7 @@ def median_seconds(fn: Callable[[], None], repeats: int, device: torch.device) -
 
 def measure(s: Settings, work: Path) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names, note = backends(device)
+    names, note = backends(device, s.fp16_on_cpu)
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; {note}",
           flush=True)
     deadline = time.monotonic() + s.budget
@@ -188,6 +217,8 @@ def measure(s: Settings, work: Path) -> dict[str, Any]:
                 try:
                     if backend.startswith("ort-") and session is None:
                         session = ort_session(model, backend, max(s.batches), work / "trt-cache")
+                        if backend.endswith("-fp16"):
+                            row["parity_vs_fp32"] = parity(model, session)
                     seconds = median_seconds(runner(model, backend, batch, device, session),
                                              s.repeats, device)
                     row["img_s"] = batch / seconds
@@ -210,6 +241,8 @@ def report(record: dict[str, Any]) -> str:
                  "skipped" if "skipped" in row else "error")
         cells.setdefault((row["model"], row["backend"]), []).append(value)
     lines += [f"| {m} | {b} | " + " | ".join(v) + " |" for (m, b), v in cells.items()]
+    lines += ["", *(f"- {r['model']} {r['backend']}: max abs difference to fp32 "
+                    f"{r['parity_vs_fp32']:.2e}" for r in record["rows"] if "parity_vs_fp32" in r)]
     errors = [r for r in record["rows"] if "error" in r]
     lines += ["", *(f"- error, {r['model']} {r['backend']} batch {r['batch']}: {r['error']}"
                     for r in errors)]
@@ -221,10 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU")
     parser.add_argument("--out", type=Path, default=Path("gpu-results/model_throughput.md"))
     parser.add_argument("--budget", type=float, help="seconds before cells are skipped")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1-256)")
     args = parser.parse_args(argv)
     s = DRY_RUN if args.dry_run else Settings()
     if args.budget is not None:
-        s = Settings(**{**asdict(s), "budget": args.budget})
+        s = replace(s, budget=args.budget)
+    if args.batches:
+        s = replace(s, batches=tuple(args.batches))
     with tempfile.TemporaryDirectory(prefix="boxgen-models-") as tmp:
         record = measure(s, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)

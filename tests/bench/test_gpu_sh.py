@@ -33,6 +33,8 @@ def test_dry_run_writes_every_output_and_exits_0(tmp_path):
     assert {r["model"].split()[0] for r in rows} == {"gan", "compose", "labeller"}
     assert {"torch-fp32", "torch-bf16"} <= {r["backend"] for r in rows}
     assert all(r.get("img_s", 0) > 0 for r in rows), [r for r in rows if "img_s" not in r]
+    fp16 = [r["parity_vs_fp32"] for r in rows if "parity_vs_fp32" in r]
+    assert len(fp16) == 3 and all(0 <= d < 0.5 for d in fp16), fp16  # one per network
     recipes = json.loads((out / "throughput.json").read_text())["recipes"]
     assert all(recipes[r]["direct"]["img_s"] > 0 for r in ("compose", "gan"))
     assert all("exit 0" in line for line in (out / "summary.txt").read_text().splitlines())
