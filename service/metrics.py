@@ -95,8 +95,8 @@ IN_FLIGHT = Gauge(
 )
 BATCH_REQUESTS = Histogram(
     "boxgen_inference_batch_requests",
-    "Requests that shared one network call, by stage (sample: compose/refine or the gan "
-    "generator; label: the labeller). Above 1 when concurrent requests are batched together.",
+    "Requests that shared one network call, by stage (sample: the compose refiner or the "
+    "gan generator; label: the labeller). Above 1 when concurrent requests are batched together.",
     ["stage"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )

@@ -92,12 +92,12 @@ def boxes(detections: Detections, classes: list[str]) -> list[Box]:
 def to_json(result: Generated) -> GenerateResponse:
     images = [
         GeneratedImage(
-            png_base64=base64.b64encode(png).decode(),
+            png_base64=base64.b64encode(encoded).decode(),
             width=image.shape[1], height=image.shape[0], boxes=boxes(det, result.classes),
             **(score or {}),
         )
-        for image, png, det, score in zip(result.images, png.encode_all(result.images),
-                                          result.detections, result.scores, strict=True)
+        for image, encoded, det, score in zip(result.images, png.encode_all(result.images),
+                                              result.detections, result.scores, strict=True)
     ]
     return GenerateResponse(sku=result.sku, version=result.version, select=result.select,
                             seed=result.seed, images=images, tried=result.tried,

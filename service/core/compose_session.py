@@ -54,12 +54,7 @@ class ComposeSession:
                ) -> tuple[np.ndarray, list[Detections]]:
         """`n` images (refined when the version has a refiner) and their labels; the same
         seed gives the same images."""
-        return self.sample_seeded(image_seeds(stream(seed), 0, n), size)
-
-    def sample_seeded(self, seeds: list[int], size: int = DEFAULT_SIZE
-                      ) -> tuple[np.ndarray, list[Detections]]:
-        """One image per seed and its labels."""
-        images, masks, labels = self.compose(seeds, size)
+        images, masks, labels = self.compose(image_seeds(stream(seed), 0, n), size)
         if self.refiner is not None and len(images):
             images = self.refiner.refine(images, masks)
         return images, labels
