@@ -16,6 +16,7 @@ from service.core.cards import (
     LabellerCard,
 )
 from service.core.compose import MAX_SIZE
+from service.core.devices import WORKERS_ENV
 from service.core.repository import ModelNotFound, RepositoryFull
 from service.core.selector import SELECT_MODES
 from training.render import SCENES
@@ -409,7 +410,9 @@ def evaluate(
 @MODELS_OPTION
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              envvar=WORKERS_ENV, help="Worker processes (also $BOXGEN_WORKERS). On a CPU node, "
+              "one per CPU serves many small requests fastest; each loads its own models.")
 @click.option(
     "--api-key-file",
     type=click.Path(dir_okay=False, path_type=Path),

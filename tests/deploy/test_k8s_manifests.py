@@ -19,7 +19,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.core.devices import WORKERS_ENV
 from tests.deploy.dashboard_metrics import exported_series_names, promql_metric_names
+from training.cli import serve as cli_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -154,6 +156,11 @@ def test_cpu_overlay_is_one_cpu_replica(rendered):
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
     assert {"name": "BOXGEN_DEVICE", "value": "cpu"} in container["env"]
     assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # One worker per CPU of the limit, through the variable `boxgen serve --workers` reads.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    workers = next(p for p in cli_serve.params if p.name == "workers")
+    assert workers.envvar == WORKERS_ENV
+    assert env[WORKERS_ENV] == container["resources"]["limits"]["cpu"] == "2"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
