@@ -309,13 +309,8 @@ class JobRunner:
             folder = self.store.folder(job.id)
             if job.pid and is_job_process(job.pid, folder):
                 kill_group(job.pid, signal.SIGKILL)
-            if crashes(job) < MAX_ATTEMPTS:
-                self.store.update(job.id, only_from=("running",), state="queued", pid=None)
-            else:
-                self.store.update(job.id, only_from=("running",), state="failed", pid=None,
-                                  finished_at=time.time(),
-                                  error=f"interrupted by a server restart; crashed "
-                                  f"{crashes(job)} times")
+            self.resume_or_fail(job, f"interrupted by a server restart; crashed "
+                                     f"{crashes(job)} times")
 
     def run(self, job: Job) -> None:
         """Run one job's fine-tune process to its end (or its cancellation)."""
@@ -361,15 +356,18 @@ class JobRunner:
         """
         if self.stopping.wait(SHUTDOWN_GRACE_SECONDS):
             return
-        job = self.store.get(job.id)
+        self.resume_or_fail(self.store.get(job.id), f"fine-tune killed by signal {signum}; "
+                            + last_line(folder / "log.txt", "no output"))
+        self.publish_counts()
+
+    def resume_or_fail(self, job: Job, error: str) -> None:
+        """An interrupted `running` job: queued again to resume from its last checkpoint (or
+        start over), or failed with `error` once MAX_ATTEMPTS of its starts crashed."""
         if crashes(job) < MAX_ATTEMPTS:
             self.store.update(job.id, only_from=("running",), state="queued", pid=None)
         else:
             self.store.update(job.id, only_from=("running",), state="failed", pid=None,
-                              finished_at=time.time(),
-                              error=f"fine-tune killed by signal {signum}; "
-                              + last_line(folder / "log.txt", "no output"))
-        self.publish_counts()
+                              finished_at=time.time(), error=error)
 
     def finish(self, job: Job, returncode: int, folder: Path) -> None:
         now = time.time()
