@@ -159,9 +159,8 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
         if h >= height or w >= width:
             continue
         for _ in range(settings.tries):
-            # The product's centre lands on the floor; the product stays inside the image.
-            cx = rng.uniform(max(fx0, w / 2), max(min(fx1, width - w / 2), w / 2))
-            cy = rng.uniform(max(fy0, h / 2), max(min(fy1, height - h / 2), h / 2))
+            cx = _spot(fx0, fx1, w, width, rng)
+            cy = _spot(fy0, fy1, h, height, rng)
             x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
             x0, y0 = min(max(x0, 0), width - w), min(max(y0, 0), height - h)
             full = np.zeros((height, width), np.float32)
@@ -175,6 +174,15 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
                 layers.append((obj.cls, full, canvas))
                 break
     return layers
+
+
+def _spot(lo: float, hi: float, extent: int, side: int, rng: np.random.Generator) -> float:
+    """Where a product of `extent` pixels centres along one axis: all of it on the floor
+    [lo, hi] (a product half over the bin's wall floats in the air), or, when it is longer
+    than the floor is wide, its centre on the floor; always inside the image."""
+    if hi - lo >= extent:
+        lo, hi = lo + extent / 2, hi - extent / 2
+    return rng.uniform(max(lo, extent / 2), max(min(hi, side - extent / 2), extent / 2))
 
 
 def _draw(image: np.ndarray, layers: list[Layer], settings: ComposeSettings,

@@ -114,3 +114,16 @@ def test_shadows_and_soft_blends_leave_labels_inside_the_image():
         assert (c.boxes[:, 0] >= 0).all() and (c.boxes[:, 2] <= w).all()
         assert (c.boxes[:, 1] >= 0).all() and (c.boxes[:, 3] <= h).all()
         assert (c.boxes[:, 2] > c.boxes[:, 0]).all() and (c.mask.max() <= 1.0)
+
+
+@pytest.mark.parametrize("size", [160, 400])
+def test_products_lie_wholly_on_the_floor(size: int):
+    # The floor is (0.1, 0.1, 0.9, 0.9) of the bin and every product fits on it: none may hang
+    # over the bin's wall, where a real product would not lie flat.
+    bank = flat_bank(occluded=0.0)
+    height, width = output_shape(bank, size)
+    boxes = np.concatenate([compose(bank, size, np.random.default_rng(i), PLAIN).boxes
+                            for i in range(30)])
+    assert len(boxes) > 60
+    assert (boxes[:, 0] >= 0.1 * width - 1).all() and (boxes[:, 2] <= 0.9 * width + 1).all()
+    assert (boxes[:, 1] >= 0.1 * height - 1).all() and (boxes[:, 3] <= 0.9 * height + 1).all()
