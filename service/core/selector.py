@@ -6,7 +6,8 @@ these categories from two measurements, both calibrated on the fine-tune's own r
 novelty (`service.core.novelty`) and quality (`service.core.quality`).
 
 Two more measurements, also calibrated on the real images, make an image white: fidelity
-(`service.core.fidelity`: smeared, checkered or seamed images, whatever made them), and, for an
+(`service.core.fidelity`: smeared or checkered images, or colours the photos never show,
+whatever made them), and, for an
 image built with labels (the compose recipe), label agreement (`service.core.agreement`: the
 labeller must find what the labels say).
 
@@ -63,7 +64,7 @@ class ImageScore:
     category: str
     objects: int
     reason: str
-    fidelity: float | None = None  # 0..1, 1: as sharp and clean as the real images
+    fidelity: float | None = None  # 0..1, 1: as sharp, clean and true to colour as the photos
     agreement: float | None = None  # F1 of the labeller's boxes against the image's labels
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ class Selector:
             if novelty[i] < 1:
                 category, why = "red", f"copy of training image {int(nearest[i])}"
             elif fidelity[i] is not None and fidelity[i] < FIDELITY_WHITE_BELOW:
-                category, why = "white", f"fidelity {fidelity[i]:.2f}: smeared or artefacts"
+                category, why = "white", f"fidelity {fidelity[i]:.2f}: smeared, artefacts or alien colours"
             elif agrees is not None and agrees < self.agreement_min:
                 category = "white"
                 why = f"labeller disagrees with the labels (F1 {agrees:.2f})"

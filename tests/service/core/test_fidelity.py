@@ -75,17 +75,58 @@ def test_real_pass_and_corruptions_fail(cases, kind: str, size: int) -> None:
         scores = np.array([s for s, _ in judged])
         print(f"  {name:10s} max {scores.max():.2f} median {np.median(scores):.2f}")
         assert (scores < FIDELITY_WHITE_BELOW).mean() >= 0.95, name
-        want = "sharpness" if name in ("blur", "smear") else "checker"
-        assert all(r == want for s, r in judged if s < FIDELITY_WHITE_BELOW), name
+        # A per-phase gain also makes colours the photos lack: either measure may name it.
+        want = {"blur": {"sharpness"}, "smear": {"sharpness"}, "checker": {"checker"},
+                "phase_gain": {"checker", "palette"}}[name]
+        assert all(r in want for s, r in judged if s < FIDELITY_WHITE_BELOW), name
 
 
 def test_measures_move_the_right_way(cases) -> None:
     cal, held_out = cases["tidy", 256]
     real, blurred, checkered = (cal.measures(ims) for ims in (
         held_out, [_blur(im) for im in held_out], [_checker(im) for im in held_out]))
-    assert real.shape == (HELD_OUT, 2) and np.isfinite(real).all()
+    assert real.shape == (HELD_OUT, 3) and np.isfinite(real).all()
     assert (blurred[:, 0] < real[:, 0] - 1).all()  # sharpness drops by > 1 (log ratio)
     assert (checkered[:, 1] > real[:, 1] + 2).all()  # checker energy grows > e² times
+
+
+def _hue_turned(im: np.ndarray) -> np.ndarray:
+    """Every colour's hue turned by 120°: the same scene in colours the photos never show."""
+    hsv = cv2.cvtColor(im, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + 60) % 180
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _colour_noise(im: np.ndarray) -> np.ndarray:
+    """Products painted over with saturated colour noise, as an untrained GAN paints them:
+    pixels far from the floor's colour get a random red, green or cyan cast."""
+    rng = np.random.default_rng(0)
+    floor = np.median(im.reshape(-1, 3), axis=0)
+    product = np.abs(im.astype(np.float32) - floor).max(axis=2) > 40
+    cast = np.array([[230, 30, 40], [40, 220, 60], [30, 220, 230]], np.float32)
+    paint = cast[rng.integers(0, 3, im.shape[:2])]
+    out = im.astype(np.float32)
+    out[product] = 0.4 * out[product] + 0.6 * paint[product]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["tidy", "cluttered"])
+@pytest.mark.parametrize("size", [64, 256])
+def test_colours_the_photos_never_show_are_white(cases, kind: str, size: int) -> None:
+    cal, held_out = cases[kind, size]
+    for corrupt in (_hue_turned, _colour_noise):
+        judged = cal.score_with_reasons([corrupt(im) for im in held_out])
+        print(f"\n{kind} {size} {corrupt.__name__}: max {max(s for s, _ in judged):.2f}")
+        assert np.mean([s < FIDELITY_WHITE_BELOW for s, _ in judged]) >= 0.9, corrupt.__name__
+        assert all(r == "palette" for s, r in judged if s < FIDELITY_WHITE_BELOW)
+
+
+def test_a_card_without_a_palette_still_scores(cases) -> None:
+    cal, held_out = cases["tidy", 64]
+    old = {k: v for k, v in cal.to_dict().items() if not k.startswith("palette")}
+    again = FidelityCalibration.from_dict(old)
+    assert not again.known and np.isnan(again.measures(held_out)[:, 2]).all()
+    assert (again.score(held_out) >= FIDELITY_WHITE_BELOW).mean() >= 0.95
 
 
 def test_working_scale(cases) -> None:
@@ -119,7 +160,9 @@ def test_fit_on_large_mixed_sizes() -> None:
 def test_round_trip_and_errors(cases) -> None:
     cal, held_out = cases["cluttered", 64]
     again = FidelityCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
-    assert again == cal
+    assert again == cal and sorted(again.known) == sorted(cal.sharp_ref)
+    for side, known in cal.known.items():
+        np.testing.assert_array_equal(again.known[side], known)
     np.testing.assert_array_equal(again.score(held_out), cal.score(held_out))
     with pytest.raises(ValueError, match="at least 2"):
         FidelityCalibration.fit(held_out[:1])
