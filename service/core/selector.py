@@ -151,7 +151,8 @@ class Selector:
             if novelty[i] < 1:
                 category, why = "red", f"copy of training image {int(nearest[i])}"
             elif fidelity[i] is not None and fidelity[i] < FIDELITY_WHITE_BELOW:
-                category, why = "white", f"fidelity {fidelity[i]:.2f}: smeared, artefacts or alien colours"
+                category = "white"
+                why = f"fidelity {fidelity[i]:.2f}: smeared, artefacts or alien colours"
             elif agrees is not None and agrees < self.agreement_min:
                 category = "white"
                 why = f"labeller disagrees with the labels (F1 {agrees:.2f})"
