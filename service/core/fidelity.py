@@ -26,7 +26,7 @@ palette: the fraction of pixels whose colour (RGB at `PALETTE_LEVELS` levels per
     Each photo is calibrated against the palette of the others (leave one out).
 
 Working scale. The photos fix a working side S = min(their shortest short side, MAX_WORK_SIDE),
-and both measures are calibrated at S and at every halving of it down to MIN_WORK_SIDE (a ladder).
+and the measures are calibrated at S and at every halving of it down to MIN_WORK_SIDE (a ladder).
 An image is measured at the largest ladder side not above its own short side (aspect kept;
 area-averaged when shrinking, bilinear when enlarging an image smaller than every rung). So:
 an image larger than the photos (photos 64², image 256²) is judged at 64 like the photos, and
@@ -178,8 +178,9 @@ class FidelityCalibration:
     checker_ref / checker_margin: per rung, the photos' most checkered value (at that rung or
         at S, whichever is larger) and margin.
     palette_ref / palette_margin: per rung, the most out-of-palette photo against the others'
-        palette, and margin. known: per rung, the colours of all photos at that rung, widened
-        (`_widen`); empty for calibrations made before palette (the measure is skipped).
+        palette, and margin. known: per rung, the colours of all photos at that rung and the
+        rungs above it, widened (`_widen`); empty for calibrations made before palette (the
+        measure is skipped).
     """
 
     work_side: int
