@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from service.core.labeller_session import Detections
-from service.core.quality import EXTRA_OBJECTS, QualityCalibration
+from service.core.quality import EXTRA_OBJECTS, QualityCalibration, products
 from service.core.sampling import sample_selected
 from service.core.selector import Selector, category_fractions
 from training.render import make_group, render_image
@@ -104,6 +104,21 @@ def test_a_rotated_product_is_whole_and_a_cut_one_partial():
     can = QualityCalibration.fit([boxes((20, 20))] * 10, [(100, 100)] * 10)
     assert can.score(boxes((20, 10)), (100, 100))[1]
     assert can.score(boxes((21, 19)), (100, 100))[:2] == (1.0, False)
+
+
+def test_a_part_seen_inside_a_product_is_not_a_product_of_its_own():
+    # The labeller also finds a bottle's label (class 1) inside the bottle's box (class 0):
+    # per-class NMS keeps both. The label is not a product, nor a partial one; a product
+    # half under another (cluttered bins) is one.
+    calibration = QualityCalibration.fit([boxes((30, 10))] * 10, [(100, 100)] * 10)
+    bottle_and_label = Detections(np.array([[10, 10, 40, 20], [20, 11, 30, 19]], np.float32),
+                                  np.array([0, 1]), np.array([0.9, 0.8], np.float32), (100, 100))
+    assert calibration.score(bottle_and_label, (100, 100)) == (1.0, False,
+                                                               "weakest object 0: confidence 0.90")
+    assert products(bottle_and_label).index.tolist() == [0]
+    overlapped = Detections(np.array([[10, 10, 40, 20], [30, 12, 60, 22]], np.float32),
+                            np.array([0, 0]), np.array([0.9, 0.9], np.float32), (100, 100))
+    assert products(overlapped).index.tolist() == [0, 1]
 
 
 def test_each_class_is_held_to_its_own_confidence():
