@@ -27,6 +27,11 @@ REAL_PASS = 0.95
 # class, or of the same class, inside a large one. Measured on held-out real bins of 8 products:
 # 14 of the 15 objects judged partial overlapped another box, most of them from within.
 CONTAINED = 0.7
+# A product whose box shares at least HIDDEN_OVERLAP of its area with another may lie partly
+# under it (cluttered bins): its sides are held to HIDDEN_SHOWN of the real minimum. Measured
+# on held-out real bins of 8 products: 7 % -> 3 % judged partial; a cut product lying alone
+# stays partial.
+HIDDEN_OVERLAP, HIDDEN_SHOWN = 0.05, 0.65
 # Objects beyond the fullest real image that cost nothing: a new arrangement may hold one more
 # product than the ten photos happened to show (compose's sampler adds up to this many).
 EXTRA_OBJECTS = 1
@@ -50,9 +55,9 @@ class Products:
     index: np.ndarray  # each one's index among all the detections
 
 
-def products(det: DetectionsLike) -> Products:
-    """`det` without the boxes that lie `CONTAINED` or more inside a larger box."""
-    boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+def _overlap(boxes: np.ndarray) -> np.ndarray:
+    """[i, j]: the fraction of box i's area inside box j, 0 on the diagonal.  # [k, k]"""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
     y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
@@ -60,7 +65,16 @@ def products(det: DetectionsLike) -> Products:
     y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
     inside = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None) / np.maximum(area[:, None],
                                                                                   1e-9)
-    inside[area[:, None] >= area[None, :]] = 0  # only inside a larger box (and not itself)
+    np.fill_diagonal(inside, 0)
+    return inside
+
+
+def products(det: DetectionsLike) -> Products:
+    """`det` without the boxes that lie `CONTAINED` or more inside a larger box."""
+    boxes = np.asarray(det.boxes, np.float64).reshape(-1, 4)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    inside = _overlap(boxes)
+    inside[area[:, None] >= area[None, :]] = 0  # only inside a larger box
     keep = ~(inside >= CONTAINED).any(axis=1)
     return Products(boxes[keep], np.asarray(det.cls)[keep], np.asarray(det.conf)[keep],
                     np.nonzero(keep)[0])
@@ -129,9 +143,12 @@ class QualityCalibration:
         refs = np.array([self.class_conf.get(str(c), self.conf_ref) for c, _, _ in sides])
         conf = np.clip(np.asarray(det.conf, np.float64) / np.maximum(refs, 1e-6), 0, 1)
         shape = np.ones(len(conf))
+        hidden = _overlap(det.boxes).max(axis=1, initial=0) >= HIDDEN_OVERLAP
         for i, (c, long, short) in enumerate(sides):
             if str(c) in self.shapes:
                 lo_l, hi_l, lo_s, _ = self.shapes[str(c)]
+                if hidden[i]:
+                    lo_l, lo_s = lo_l * HIDDEN_SHOWN, lo_s * HIDDEN_SHOWN
                 shape[i] = min(_range_score(long, lo_l, hi_l), _range_score(short, lo_s, hi_l))
         return conf, shape
 

@@ -121,6 +121,15 @@ def test_a_part_seen_inside_a_product_is_not_a_product_of_its_own():
     assert products(overlapped).index.tolist() == [0, 1]
 
 
+def test_a_product_partly_under_another_is_not_partial_a_cut_one_alone_is():
+    calibration = QualityCalibration.fit([boxes((30, 10))] * 10, [(100, 100)] * 10)
+    # 21 of its 30 pixels show beside a product lying over its end; cut, it lies alone.
+    under = Detections(np.array([[10, 10, 31, 20], [28, 8, 58, 18]], np.float32),
+                       np.array([0, 0]), np.array([0.9, 0.9], np.float32), (100, 100))
+    assert calibration.score(under, (100, 100))[:2] == (1.0, False)
+    assert calibration.score(boxes((21, 10)), (100, 100))[1]
+
+
 def test_each_class_is_held_to_its_own_confidence():
     def det(*objects: tuple[int, float]) -> Detections:
         xyxy = np.array([[10 + 30 * i, 10, 30 + 30 * i, 30] for i in range(len(objects))],
