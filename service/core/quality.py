@@ -20,7 +20,7 @@ SHAPE_TOLERANCE = 0.15  # boxes may be this fraction outside the real range befo
 # An image is as good as its weakest object, so each object's reference confidence is the
 # quantile of the real detections that a real image of the photos' typical count passes
 # whole this often: 1 - REAL_PASS ** (1 / count), 5 % for one product, 1 % for five. A fixed
-# 10 % quantile called only 77 % of held-out real bins of five products green (91 % now).
+# 10 % quantile called only 77 % of held-out real bins of five products green (90 % now).
 REAL_PASS = 0.95
 # A box lying this much inside a larger one is the labeller seeing a part of that product (a
 # label, a cap), not a product of its own: NMS is per class and keeps a small box of another
@@ -135,10 +135,9 @@ class QualityCalibration:
                    class_conf)
 
     def object_scores(
-        self, det: DetectionsLike, size: tuple[int, int]
+        self, det: Products, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per object of `products(det)`: (confidence score, shape score), each in [0, 1]."""
-        det = products(det)
+        """Per product (`products`): (confidence score, shape score), each in [0, 1]."""
         sides = _box_sides(det, size)
         refs = np.array([self.class_conf.get(str(c), self.conf_ref) for c, _, _ in sides])
         conf = np.clip(np.asarray(det.conf, np.float64) / np.maximum(refs, 1e-6), 0, 1)
@@ -156,8 +155,8 @@ class QualityCalibration:
         """(quality in [0, 1], looks partial, reason) for one image's detections."""
         if len(det.conf) == 0:
             return 0.0, True, "no objects found"
-        conf, shape = self.object_scores(det, size)
         det = products(det)
+        conf, shape = self.object_scores(det, size)
         lo, hi = self.count_range
         k = len(conf)
         # Fewer objects than any real image means objects the labeller cannot recognise
