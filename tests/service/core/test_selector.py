@@ -121,6 +121,19 @@ def test_a_part_seen_inside_a_product_is_not_a_product_of_its_own():
     assert products(overlapped).index.tolist() == [0, 1]
 
 
+def test_a_product_read_as_another_class_is_whole_a_cut_one_is_not():
+    def det(cls: int, w: int, h: int) -> Detections:
+        return Detections(np.array([[10, 10, 10 + w, 10 + h]], np.float32), np.array([cls]),
+                          np.array([0.9], np.float32), (100, 100))
+
+    # A 30x20 box (class 0) and a 15x8 tube (class 1) on every photo.
+    photos = [Detections(np.array([[10, 10, 40, 30], [50, 50, 65, 58]], np.float32),
+                         np.array([0, 1]), np.full(2, 0.9, np.float32), (100, 100))] * 10
+    calibration = QualityCalibration.fit(photos, [(100, 100)] * 10)
+    assert not calibration.score(det(0, 15, 8), (100, 100))[1]  # the tube, read as class 0
+    assert calibration.score(det(0, 15, 20), (100, 100))[1]  # the box cut across
+
+
 def test_a_product_partly_under_another_is_not_partial_a_cut_one_alone_is():
     calibration = QualityCalibration.fit([boxes((30, 10))] * 10, [(100, 100)] * 10)
     # 21 of its 30 pixels show beside a product lying over its end; cut, it lies alone.
