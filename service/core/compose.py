@@ -1,11 +1,13 @@
 """New bin arrangements from a SKU's own pixels: the layout sampler and compositor of `compose`.
 
 Each image takes the empty bin (`ObjectBank.empty`), draws how many products it holds from the
-photos' counts (and up to `extra_objects` beyond), and places products cut from the photos at
-any spot of the floor, at any angle, a little larger or smaller, maybe mirrored. Products may
-overlap (cut-paste-learn: leaving out occlusion costs 10 mAP50), but every one keeps at least
-`min_visible` of itself in view; each drops a soft shadow and is blended with one of `BLENDS`
-(mixing blending modes is worth 8 mAP50 in the same study). Labels are the boxes of each
+photos' counts (and up to `extra_objects` beyond), and places products cut from the photos
+wholly on the floor, at any spot and angle, a little larger or smaller, maybe mirrored.
+Products overlap when the photos' do (cut-paste-learn: leaving out occlusion costs 10 mAP50),
+but every one keeps at least `min_visible` of itself in view; otherwise they keep `gap` of
+floor between them. A layout short of the sparsest photo's count is drawn again. Each drops
+a soft shadow and is blended with one of `BLENDS` (mixing blending modes is worth 8 mAP50 in
+the same study). Labels are the boxes of each
 product's visible pixels, by construction: exact at any output size.
 
 Numpy and OpenCV only: the service composes without torch. The refiner
