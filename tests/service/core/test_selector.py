@@ -144,17 +144,23 @@ def test_a_product_partly_under_another_is_not_partial_a_cut_one_alone_is():
 
 
 def test_each_class_is_held_to_its_own_confidence():
-    def det(*objects: tuple[int, float]) -> Detections:
-        xyxy = np.array([[10 + 30 * i, 10, 30 + 30 * i, 30] for i in range(len(objects))],
-                        np.float32)
+    # A small tube (class 0, 20x6 px) the labeller is never sure of, a bottle (class 1, 30x12)
+    # it always is.
+    sizes = {0: (20, 6), 1: (30, 12)}
+
+    def det(*objects: tuple[int, float], shapes: tuple[int, ...] = (0, 1)) -> Detections:
+        xyxy = np.array([[5 + 35 * i, 10, 5 + 35 * i + sizes[s][0], 10 + sizes[s][1]]
+                         for i, s in enumerate(shapes)], np.float32)
         return Detections(xyxy, np.array([c for c, _ in objects], np.int64),
                           np.array([p for _, p in objects], np.float32), (100, 100))
 
-    # The labeller is never sure of class 0 (a small tube) and always sure of class 1.
     photos = [det((0, 0.3 + 0.01 * i), (1, 0.9)) for i in range(10)]
     calibration = QualityCalibration.fit(photos, [(100, 100)] * 10)
     assert calibration.score(det((0, 0.35), (1, 0.9)), (100, 100))[0] == 1.0
-    assert calibration.score(det((0, 0.9), (1, 0.3)), (100, 100))[0] < 0.5
+    assert calibration.score(det((0, 0.9), (1, 0.3)), (100, 100))[0] < 0.5  # an unsure bottle
+    # A tube read as a bottle, as unsure as tubes are: held to the tube it looks like.
+    misread = det((1, 0.35), (1, 0.9), shapes=(0, 1))
+    assert calibration.score(misread, (100, 100))[0] == 1.0
     assert QualityCalibration.from_dict(calibration.to_dict()) == calibration
 
 
