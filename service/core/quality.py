@@ -88,7 +88,8 @@ class QualityCalibration:
         object at or above it scores 1, below it proportionally less.
     class_conf: the same quantile per class name (index as a string), used for objects of
         that class: the labeller is surer of some products than of others (a small tube
-        among bottles sits near 0.3 on every real photo), and each is held to its own.
+        among bottles sits near 0.3 on every real photo), and each is held to its own, or
+        to that of a class whose shape the box fits, when that one is less sure.
     shapes: per class name (index as a string), the (min, max) of the long and of the short
         box side on the real images, as fractions of the image's short side; a box scores by
         the class it fits best. An object of a class never seen on the real images is not
