@@ -150,13 +150,12 @@ def overlapping(bank: ObjectBank) -> bool:
 def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
            settings: ComposeSettings, rng: np.random.Generator) -> list[Layer]:
     """Each pick transformed and put on the floor, bottom first; a product that finds no spot
-    leaving every product `min_visible` in view (all of it, when the photos show no overlaps)
-    within `tries` is left out."""
+    leaving every product `min_visible` in view (when the photos show no overlaps: `gap` away
+    from every other product) within `tries` is left out."""
     height, width = shape
     apart = not overlapping(bank)
-    min_visible = 1.0 if apart else settings.min_visible
     size = 2 * int(round(settings.gap * max(height, width))) + 1
-    gap = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if apart else None
+    gap = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     taken = np.zeros((height, width), np.uint8)  # products so far, widened by the gap
     base_scale = width / bank.shape[1]
     fx0, fy0, fx1, fy1 = (bank.floor[0] * width, bank.floor[1] * height,
@@ -176,18 +175,18 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
             cy = _spot(fy0, fy1, h, height, rng)
             x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
             x0, y0 = min(max(x0, 0), width - w), min(max(y0, 0), height - h)
-            if gap is not None and taken[y0 : y0 + h, x0 : x0 + w][alpha > 0].any():
+            if apart and taken[y0 : y0 + h, x0 : x0 + w][alpha > 0].any():
                 continue
             full = np.zeros((height, width), np.float32)
             full[y0 : y0 + h, x0 : x0 + w] = alpha
             candidate = [a for _, a, _ in layers] + [full]
-            shown = _visible(candidate)
-            if all(s.sum() >= min_visible * max((a >= LABEL_ALPHA).sum(), 1)
-                   for s, a in zip(shown, candidate, strict=True)):
+            # Apart, nothing overlaps, so every product is in view whole.
+            if apart or all(s.sum() >= settings.min_visible * max((a >= LABEL_ALPHA).sum(), 1)
+                            for s, a in zip(_visible(candidate), candidate, strict=True)):
                 canvas = np.zeros((height, width, 3), np.float32)
                 canvas[y0 : y0 + h, x0 : x0 + w] = pixels
                 layers.append((obj.cls, full, canvas))
-                if gap is not None:
+                if apart:
                     taken |= cv2.dilate((full > 0).astype(np.uint8), gap)
                 break
     return layers
