@@ -289,9 +289,10 @@ class FidelityCalibration:
                 bits = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
                 known[str(side)] = np.unpackbits(bits)[: PALETTE_LEVELS**3].astype(bool)
 
-        def floats(key: str) -> dict[str, float]:
-            return {str(k): float(v) for k, v in d.get(key, {}).items()}
+        def floats(values: dict[str, Any]) -> dict[str, float]:
+            return {str(k): float(v) for k, v in values.items()}
 
-        return cls(int(d["work_side"]), floats("sharp_ref"), floats("sharp_margin"),
-                   floats("checker_ref"), floats("checker_margin"), int(d.get("images", 0)),
-                   floats("palette_ref"), floats("palette_margin"), known)
+        return cls(int(d["work_side"]), floats(d["sharp_ref"]), floats(d["sharp_margin"]),
+                   floats(d["checker_ref"]), floats(d["checker_margin"]),
+                   int(d.get("images", 0)), floats(d.get("palette_ref", {})),
+                   floats(d.get("palette_margin", {})), known)
