@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from service.core.labeller_session import Detections
-from service.core.quality import EXTRA_OBJECTS, QualityCalibration, products
+from service.core.quality import EXTRA_OBJECTS, QualityCalibration, conf_quantile, products
 from service.core.sampling import sample_selected
 from service.core.selector import Selector, category_fractions
 from training.render import make_group, render_image
@@ -141,6 +141,21 @@ def test_a_product_partly_under_another_is_not_partial_a_cut_one_alone_is():
                        np.array([0, 0]), np.array([0.9, 0.9], np.float32), (100, 100))
     assert calibration.score(under, (100, 100))[:2] == (1.0, False)
     assert calibration.score(boxes((21, 10)), (100, 100))[1]
+
+
+def test_a_bin_of_more_products_holds_each_to_a_lower_quantile():
+    # A real bin of the photos' typical count passes whole 95 % of the times: each of one
+    # product's objects is held to the 5 % quantile, each of five's to about the 1 %.
+    assert conf_quantile([1] * 10) == pytest.approx(0.05)
+    assert conf_quantile([4, 5, 5, 6]) == pytest.approx(1 - 0.95 ** (1 / 5))
+    confs = np.linspace(0.3, 0.9, 50)
+    photos = [Detections(np.array([[10 + 15 * j, 10, 20 + 15 * j, 40] for j in range(5)],
+                                  np.float32), np.zeros(5, np.int64),
+                         confs[5 * i : 5 * i + 5].astype(np.float32), (100, 100))
+              for i in range(10)]
+    calibration = QualityCalibration.fit(photos, [(100, 100)] * 10)
+    assert calibration.class_conf["0"] == pytest.approx(
+        np.quantile(confs.astype(np.float32), 1 - 0.95 ** (1 / 5)), abs=1e-6)
 
 
 def test_each_class_is_held_to_its_own_confidence():
