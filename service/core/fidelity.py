@@ -42,7 +42,8 @@ real bins 0.05-0.4 % of pixels out of palette at the median (max 1.3-1.7 %), com
 same, demo-profile GAN samples 2.2-2.8 % at the median.
 
 Score (0..1): each measure is compared with the photos' worst value (least sharp, most
-checkered) with a margin of max(floor, the photos' standard deviation); it scores 1 up to the
+checkered, most out of palette) with a margin of max(floor, the photos' standard deviation);
+it scores 1 up to the
 worst photo and falls linearly to 0 at two margins beyond it, so FIDELITY_WHITE_BELOW = 0.5 is
 "one margin worse than any photo". The image's score is its worst measure's.
 

@@ -39,7 +39,16 @@ from service.core.novelty import (
     novelty_features,
     shifted_features,
 )
-from service.core.quality import PARTIAL_BELOW, SHAPE_TOLERANCE, DetectionsLike, QualityCalibration
+from service.core.quality import (
+    CONTAINED,
+    HIDDEN_OVERLAP,
+    HIDDEN_SHOWN,
+    PARTIAL_BELOW,
+    REAL_PASS,
+    SHAPE_TOLERANCE,
+    DetectionsLike,
+    QualityCalibration,
+)
 from service.core.repository import SELECTION_FILE
 
 GREEN_FROM = 0.8  # quality at or above: green (when novel)
@@ -186,9 +195,15 @@ class Selector:
             },
             "quality": None if self.quality is None else {
                 **self.quality.to_dict(),
-                "rule": f"per object min(conf / conf_ref, 1) x box-shape score (long and short "
-                        f"side within the real range +-{SHAPE_TOLERANCE}); image = count score "
-                        "x weakest object",
+                "rule": f"per product (a box {CONTAINED:.0%} or more inside a larger one is a "
+                        f"part, not a product) min(conf / ref, 1) x box-shape score (long and "
+                        f"short side within the real range +-{SHAPE_TOLERANCE} of the class "
+                        f"the box fits best; {HIDDEN_SHOWN:.0%} of the real minimum for a box "
+                        f"overlapping another by {HIDDEN_OVERLAP:.0%} or more); ref: the least "
+                        f"sure of the read class and the classes the box fits, each the "
+                        f"quantile of the photos' confidences that a real bin of their typical "
+                        f"count passes whole {REAL_PASS:.0%} of the times; image = count score "
+                        "x weakest product",
             },
             "fidelity": None if self.fidelity is None else {
                 **self.fidelity.to_dict(), "white_below": FIDELITY_WHITE_BELOW},
