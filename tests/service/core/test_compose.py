@@ -3,10 +3,22 @@ product stays at least `min_visible` in view; the same seed gives the same image
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 
-from service.core.compose import ComposeSettings, compose, compose_batch, output_shape
+from service.core.compose import (
+    LABEL_ALPHA,
+    ComposeSettings,
+    _pick,
+    _place,
+    compose,
+    compose_batch,
+    output_shape,
+    overlapping,
+)
 from service.core.object_bank import BankObject, ObjectBank
 
 # Twelve products, each one flat colour of its own (class = index), on a flat grey bin.
@@ -73,8 +85,6 @@ def test_every_product_keeps_its_minimum_in_view():
 
 
 def test_products_stay_apart_when_the_photos_show_no_overlaps():
-    from service.core.compose import LABEL_ALPHA, _pick, _place, overlapping
-
     apart, piled = flat_bank(counts=(6,), occluded=0.0), flat_bank(counts=(6,))
     assert not overlapping(apart) and overlapping(piled)
     rng = np.random.default_rng(4)
@@ -90,10 +100,6 @@ def test_products_stay_apart_when_the_photos_show_no_overlaps():
 
 def test_products_kept_apart_leave_floor_between_them():
     # Touching products read as one long one to the labeller: `gap` of floor stays between.
-    import cv2
-
-    from service.core.compose import _pick, _place
-
     bank, settings = flat_bank(counts=(6,), occluded=0.0), ComposeSettings(gap=0.03)
     rng = np.random.default_rng(5)
     radius = round(0.03 * 128)
@@ -120,8 +126,6 @@ def test_a_crowded_bin_is_laid_out_again_rather_than_left_short():
     # Products twice as large on the same bin: five rarely fit apart at the first try. A bin
     # with fewer products than any photo reads as one with products missing, so the layout
     # is drawn again (measured: 52 % short with one layout, 15 % with up to four).
-    import dataclasses
-
     bank = flat_bank(counts=(5,), occluded=0.0)
     big = [BankObject(o.cls, np.repeat(np.repeat(o.pixels, 2, 0), 2, 1),
                       np.repeat(np.repeat(o.alpha, 2, 0), 2, 1)) for o in bank.objects]
