@@ -37,15 +37,15 @@ judged at 256 and is smeared there, as it is when served. Upscales of a 64² pho
 (photos 64²): nearest (exact after area shrinking), bicubic and Lanczos pass (fidelity >= 0.56);
 a bilinear ×4 upscale scores 0.27-0.35: it loses about as much as a σ 0.5 px blur at 64².
 
-Measured on rendered groups 12 (5 products) and 31 (8, cluttered), palette at 64²: held-out
-real bins 0.05-0.4 % of pixels out of palette at the median (max 1.3-1.7 %), composites the
-same, demo-profile GAN samples 2.2-2.8 % at the median.
+Measured on rendered groups 12 (5 products) and 31 (8, cluttered), photos 256², images at
+64²: held-out real bins and composites 0.00 % of pixels out of palette at the median (max
+0.05-0.22 %), demo-profile GAN samples 0.65-0.76 % at the median (max 4.8-6.2 %).
 
 Score (0..1): each measure is compared with the photos' worst value (least sharp, most
 checkered, most out of palette) with a margin of max(floor, the photos' standard deviation);
-it scores 1 up to the
-worst photo and falls linearly to 0 at two margins beyond it, so FIDELITY_WHITE_BELOW = 0.5 is
-"one margin worse than any photo". The image's score is its worst measure's.
+it scores 1 up to the worst photo and falls linearly to 0 at two margins beyond it, so
+FIDELITY_WHITE_BELOW = 0.5 is "one margin worse than any photo". The image's score is its
+worst measure's.
 
 Evidence (`tests/service/core/test_fidelity.py`, group 0, fit on 10 renders, 20 held out;
 run it with -s for the distributions): the lowest real score against the highest score of each
