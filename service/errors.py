@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 from starlette.responses import JSONResponse
 
-from service.core.pipeline import LabellerMissing, SelectionMissing, SizeUnsupported
+from service.core.pipeline import (
+    DistractorUnusable,
+    LabellerMissing,
+    SelectionMissing,
+    SizeUnsupported,
+)
 from service.core.repository import ModelNotFound, ModelUnreadable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +65,9 @@ def error_response(exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "sku"), status_code=503)
     if isinstance(exc, SelectionMissing):
         return JSONResponse(error_body(str(exc), "select"), status_code=409)
+    if isinstance(exc, DistractorUnusable):
+        return JSONResponse(error_body(str(exc), "distractors"),
+                            status_code=404 if exc.missing else 422)
     if isinstance(exc, SizeUnsupported):
         return JSONResponse(error_body(str(exc), "size"), status_code=422)
     if isinstance(exc, ModelNotFound):

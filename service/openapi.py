@@ -63,10 +63,11 @@ API_ERRORS: dict[str, dict[int, dict[str, Any]]] = {
         400: declared("A field does not validate (type, range, pattern), the JSON is invalid, "
                       "or a multipart body does not parse."),
         401: declared(UNAUTHORIZED),
-        404: declared("No such SKU or version."),
+        404: declared("No such SKU or version, or no such SKU among `distractors`."),
         409: declared("select=green or yellow, but the version has no selection data."),
         413: declared("The body is larger than 64 KiB."),
-        422: declared("The SKU name is unsafe, or its recipe cannot make this size."),
+        422: declared("The SKU name is unsafe, its recipe cannot make this size, or a "
+                      "distractor cannot lend products (the SKU itself, a gan model)."),
         503: declared("Overloaded (this worker already holds BOXGEN_MAX_IN_FLIGHT requests: "
                       "retry after Retry-After seconds), no labeller, or the model version "
                       "cannot be read.", RETRY_AFTER),

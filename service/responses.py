@@ -100,7 +100,8 @@ def to_json(result: Generated) -> GenerateResponse:
                                               result.detections, result.scores, strict=True)
     ]
     return GenerateResponse(sku=result.sku, version=result.version, select=result.select,
-                            seed=result.seed, images=images, tried=result.tried,
+                            seed=result.seed, images=images, classes=result.classes,
+                            tried=result.tried,
                             passed_fraction=result.passed_fraction,
                             complete=result.message is None, message=result.message)
 
@@ -122,7 +123,8 @@ def answer(pipeline: Pipeline, request: GenerateRequest) -> GenerateResponse | R
     """Generate, encode as JSON or a zip archive, and record the request's metrics."""
     start = time.perf_counter()
     result = pipeline.generate(request.sku, request.n, request.seed, request.version,
-                               request.select, request.size)
+                               request.select, request.size, request.distractors,
+                               request.max_distractors)
     version_header = {"X-Boxgen-Model-Version": str(result.version)}
     if request.format == "zip":
         body: GenerateResponse | Response = Response(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field
 
 from service.core.cards import Recipe
-from service.core.compose import MAX_SIZE
+from service.core.compose import MAX_DISTRACTORS, MAX_SIZE
 from service.core.repository import SKU_PATTERN
 from service.core.selector import SelectMode
 from service.jobs import JobState
@@ -42,6 +42,14 @@ class GenerateRequest(BaseModel):
         None, ge=16, le=MAX_SIZE,
         description=f"Long side of the images in pixels (compose SKUs: default 256, at most "
         f"{MAX_SIZE}; a gan SKU makes its own resolution only).")
+    distractors: list[Annotated[str, Field(pattern=SKU_PATTERN.pattern)]] = Field(
+        default_factory=list, max_length=MAX_DISTRACTORS,
+        description="Other compose SKUs whose products may lie in the bin too (compose SKUs "
+        "only), labelled with their own classes, numbered after the SKU's (see `classes`).",
+        examples=[["can-blue-330ml"]])
+    max_distractors: int = Field(
+        2, ge=0, le=MAX_DISTRACTORS,
+        description="Each image holds 0 to this many distractors (with `distractors`).")
     format: Format = Field(
         "json",
         description="json: base64 PNGs with boxes and scores; zip: a YOLO + COCO dataset "
@@ -92,6 +100,8 @@ class GenerateResponse(BaseModel):
     select: SelectMode
     seed: int | None
     images: list[GeneratedImage]
+    classes: list[str] = Field(description="Class names by class_id: the photos' (compose, "
+                               "then the distractors') or the labeller's (gan).")
     tried: int = Field(description="Samples drawn to find these images.")
     passed_fraction: float = Field(ge=0, le=1,
                                    description="Fraction of drawn samples that passed selection.")

@@ -15,7 +15,7 @@ from service.core.cards import (
     GeneratorCard,
     LabellerCard,
 )
-from service.core.compose import MAX_SIZE
+from service.core.compose import MAX_DISTRACTORS, MAX_SIZE
 from service.core.devices import WORKERS_ENV
 from service.core.repository import ModelNotFound, RepositoryFull
 from service.core.selector import SELECT_MODES
@@ -283,15 +283,30 @@ SELECT = click.Choice(SELECT_MODES)
     show_default=True,
     help="green: only new, good images; yellow: also borderline; none: raw samples.",
 )
+@click.option(
+    "--distractor",
+    "distractors",
+    multiple=True,
+    help="Another compose SKU whose products may lie in the bin too, labelled with their own "
+    "classes (repeat for several).",
+)
+@click.option(
+    "--max-distractors",
+    type=click.IntRange(0, MAX_DISTRACTORS),
+    default=2,
+    show_default=True,
+    help="Each image holds 0 to this many distractors.",
+)
 def generate(
     sku: str, n: int, out: Path, models: Path, seed: int | None, version: int | None,
-    size: int | None, select: str,
+    size: int | None, select: str, distractors: tuple[str, ...], max_distractors: int,
 ):
     """Generate labelled images of a SKU (YOLO txt, COCO JSON, data.yaml) into OUT."""
     from service.core.pipeline import generate_dataset
 
     result = generate_dataset(sku, n, out, models, seed=seed, version=version, select=select,
-                              size=size)
+                              size=size, distractors=distractors,
+                              max_distractors=max_distractors)
     click.echo(
         f"wrote {len(result.images)} images of {sku} version {result.version} to {out} "
         f"({result.passed}/{result.tried} samples passed select={select})"

@@ -7,8 +7,13 @@ Products overlap when the photos' do (cut-paste-learn: leaving out occlusion cos
 but every one keeps at least `min_visible` of itself in view; otherwise they keep `gap` of
 floor between them. A layout short of the sparsest photo's count is drawn again. Each drops
 a soft shadow and is blended with one of `BLENDS` (mixing blending modes is worth 8 mAP50 in
-the same study). Labels are the boxes of each
-product's visible pixels, by construction: exact at any output size.
+the same study). Labels are the boxes of each product's visible pixels, by construction:
+exact at any output size.
+
+With `Distractors`, an image also holds up to `most` products of other SKUs' banks, placed by
+the same rules among the SKU's own (each may take a product's place) and labelled with their
+own classes, numbered after the SKU's (`with_distractors`), so a detector learns what its
+product is not.
 
 Numpy and OpenCV only: the service composes without torch. The refiner
 (`service.core.refiner_session`) then makes the composite look like the photos.
@@ -28,6 +33,7 @@ from service.core.quality import EXTRA_OBJECTS
 BLENDS = ("hard", "feathered", "blurred")
 MAX_SIZE = 1024  # longest side a request may ask for
 DEFAULT_SIZE = 256
+MAX_DISTRACTORS = 8  # other SKUs a request may name, and most distractors in one image
 LAYOUTS = 4  # layouts drawn at most for one composite (see `compose`)
 LABEL_ALPHA = 0.5  # a pixel with this much product counts as product for its label
 MOSTLY_WHOLE = 0.35  # a cut-out whose box shared at most this much with others
@@ -71,6 +77,55 @@ class Composite:
     mask: np.ndarray  # float32 [H, W]: how much of each pixel is pasted product
     cls: np.ndarray  # [k] int64
     boxes: np.ndarray  # [k, 4] float32 x1, y1, x2, y2 pixels of each product's visible part
+    foreign: np.ndarray  # [k] bool: the product is a distractor, from another SKU's bank
+
+
+@dataclass(frozen=True)
+class Distractors:
+    """Other SKUs' banks whose products a composite may hold, and their classes' numbers."""
+
+    banks: list[ObjectBank]
+    first_class: list[int]  # each bank's class 0 in the composites' labels
+    most: int = 2  # each image holds 0..most of them, drawn uniformly
+
+    def __post_init__(self) -> None:
+        if len(self.banks) != len(self.first_class):
+            raise ValueError("distractors need one first class per bank")
+        if not 0 <= self.most <= MAX_DISTRACTORS:
+            raise ValueError(f"max_distractors must be between 0 and {MAX_DISTRACTORS}, got "
+                             f"{self.most}")
+
+
+def with_distractors(own: ObjectBank, others: dict[str, ObjectBank], most: int = 2
+                     ) -> tuple[Distractors, list[str]]:
+    """Distractors from `others` (SKU: bank) and the class names of the composites' labels:
+    `own`'s, then each other bank's in order. A name already taken becomes "sku/name", so
+    every class of the labels is one product line."""
+    names, first = list(own.names), []
+    for sku, bank in others.items():
+        first.append(len(names))
+        names += [f"{sku}/{n}" if n in names else n for n in bank.names]
+    return Distractors(list(others.values()), first, most), names
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One placed product on the output canvas."""
+
+    cls: int
+    alpha: np.ndarray  # float32 [H, W]
+    pixels: np.ndarray  # float32 [H, W, 3]
+    foreign: bool = False
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A product to place: the cut-out, its bank's width (its scale) and its label."""
+
+    obj: BankObject
+    bank_width: int
+    cls: int
+    foreign: bool = False
 
 
 def output_shape(bank: ObjectBank, size: int) -> tuple[int, int]:
@@ -121,15 +176,8 @@ def _visible(alphas: list[np.ndarray]) -> list[np.ndarray]:
     return shown[::-1]
 
 
-Layer = tuple[int, np.ndarray, np.ndarray]  # class, alpha [H, W], pixels [H, W, 3] (canvas)
-
-
-def _pick(bank: ObjectBank, settings: ComposeSettings, rng: np.random.Generator) -> np.ndarray:
-    """Which bank objects one image holds (indices, drawn with replacement)."""
-    # A photo's count, one fewer or one more, within the photos' range and `extra_objects`.
-    count = int(rng.choice(bank.counts)) + int(rng.integers(-1, 2))
-    count = int(np.clip(count, max(min(bank.counts), 1),
-                        max(bank.counts) + settings.extra_objects))
+def _weights(bank: ObjectBank) -> np.ndarray:
+    """How often each bank object is drawn, summing to 1.  # [n]"""
     # Classes as often as in the photos. Within a class, products the photos showed whole make
     # better cut-outs: those that shared much of their box with another are left out while
     # the class has whole ones, and the rest drawn by how little they shared.
@@ -139,7 +187,27 @@ def _pick(bank: ObjectBank, settings: ComposeSettings, rng: np.random.Generator)
     weights *= [o.occluded <= MOSTLY_WHOLE or o.cls not in whole for o in bank.objects]
     for c in np.unique(classes):  # each class's weights sum to its share of the objects
         weights[classes == c] *= (classes == c).sum() / weights[classes == c].sum()
-    return rng.choice(len(bank.objects), size=count, p=weights / weights.sum())
+    return weights / weights.sum()
+
+
+def _pick(bank: ObjectBank, settings: ComposeSettings, rng: np.random.Generator) -> np.ndarray:
+    """Which bank objects one image holds (indices, drawn with replacement)."""
+    # A photo's count, one fewer or one more, within the photos' range and `extra_objects`.
+    count = int(rng.choice(bank.counts)) + int(rng.integers(-1, 2))
+    count = int(np.clip(count, max(min(bank.counts), 1),
+                        max(bank.counts) + settings.extra_objects))
+    return rng.choice(len(bank.objects), size=count, p=_weights(bank))
+
+
+def _pick_foreign(distractors: Distractors, rng: np.random.Generator) -> list[_Item]:
+    """0..most distractors, each from a bank drawn uniformly, then as `_pick` draws."""
+    items = []
+    for _ in range(int(rng.integers(0, distractors.most + 1))):
+        b = int(rng.integers(len(distractors.banks)))
+        bank = distractors.banks[b]
+        obj = bank.objects[int(rng.choice(len(bank.objects), p=_weights(bank)))]
+        items.append(_Item(obj, bank.shape[1], distractors.first_class[b] + obj.cls, True))
+    return items
 
 
 def overlapping(bank: ObjectBank) -> bool:
@@ -148,24 +216,32 @@ def overlapping(bank: ObjectBank) -> bool:
 
 
 def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
-           settings: ComposeSettings, rng: np.random.Generator) -> list[Layer]:
-    """Each pick transformed and put on the floor, bottom first; a product that finds no spot
-    leaving every product `min_visible` in view (when the photos show no overlaps: `gap` away
-    from every other product) within `tries` is left out."""
+           settings: ComposeSettings, rng: np.random.Generator,
+           foreign: list[_Item] | None = None) -> list[Layer]:
+    """Each pick and `foreign` product transformed and put on the floor, bottom first; a
+    product that finds no spot leaving every product `min_visible` in view (when the photos
+    show no overlaps: `gap` away from every other product) within `tries` is left out."""
     height, width = shape
     apart = not overlapping(bank)
     size = 2 * int(round(settings.gap * max(height, width))) + 1
     gap = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     taken = np.zeros((height, width), np.uint8)  # products so far, widened by the gap
-    base_scale = width / bank.shape[1]
     fx0, fy0, fx1, fy1 = (bank.floor[0] * width, bank.floor[1] * height,
                           bank.floor[2] * width, bank.floor[3] * height)
+    items = [_Item(bank.objects[int(i)], bank.shape[1], bank.objects[int(i)].cls)
+             for i in picks]
+    if foreign:  # anywhere in the order: a distractor may take a product's place in a full bin
+        items += foreign
+        items = [items[int(i)] for i in rng.permutation(len(items))]
     if apart:  # largest first: small products fill the gaps (bottom-up order is moot here)
-        picks = sorted(picks, key=lambda i: -float((bank.objects[int(i)].alpha > 0).sum()))
+        items.sort(key=lambda item: -float((item.obj.alpha > 0).sum()))
     layers: list[Layer] = []
-    for index in picks:
-        obj = bank.objects[int(index)]
-        scale = base_scale * (1 + rng.uniform(-settings.scale_jitter, settings.scale_jitter))
+    # A product keeps its size relative to the bin: another SKU's bank is scaled by its own
+    # width (the same camera and bin, another product).
+    for item in items:
+        obj = item.obj
+        scale = width / item.bank_width * (1 + rng.uniform(-settings.scale_jitter,
+                                                           settings.scale_jitter))
         pixels, alpha = _transform(obj, scale, rng.uniform(0, 360), rng.random() < settings.mirror)
         h, w = alpha.shape
         if h >= height or w >= width:
@@ -179,13 +255,13 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
                 continue
             full = np.zeros((height, width), np.float32)
             full[y0 : y0 + h, x0 : x0 + w] = alpha
-            candidate = [a for _, a, _ in layers] + [full]
+            candidate = [layer.alpha for layer in layers] + [full]
             # Apart, nothing overlaps, so every product is in view whole.
             if apart or all(s.sum() >= settings.min_visible * max((a >= LABEL_ALPHA).sum(), 1)
                             for s, a in zip(_visible(candidate), candidate, strict=True)):
                 canvas = np.zeros((height, width, 3), np.float32)
                 canvas[y0 : y0 + h, x0 : x0 + w] = pixels
-                layers.append((obj.cls, full, canvas))
+                layers.append(Layer(item.cls, full, canvas, item.foreign))
                 if apart:
                     taken |= cv2.dilate((full > 0).astype(np.uint8), gap)
                 break
@@ -207,7 +283,8 @@ def _draw(image: np.ndarray, layers: list[Layer], settings: ComposeSettings,
     image and how much of each pixel is pasted product."""
     height, width = image.shape[:2]
     mask = np.zeros((height, width), np.float32)
-    for _cls, alpha, pixels in layers:
+    for layer in layers:
+        alpha, pixels = layer.alpha, layer.pixels
         if rng.random() < settings.shadow:
             offset = np.float32([[1, 0, rng.uniform(-1, 1) * 0.01 * width],
                                  [0, 1, rng.uniform(0.2, 1) * 0.015 * height]])
@@ -227,8 +304,10 @@ def _draw(image: np.ndarray, layers: list[Layer], settings: ComposeSettings,
 
 
 def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
-            settings: ComposeSettings = DEFAULTS) -> Composite:
-    """One new arrangement of the bank's products on its empty bin, long side `size`."""
+            settings: ComposeSettings = DEFAULTS,
+            distractors: Distractors | None = None) -> Composite:
+    """One new arrangement of the bank's products (and maybe `distractors`) on its empty bin,
+    long side `size`."""
     height, width = output_shape(bank, size)
     upscale = width > bank.shape[1]
     image = cv2.resize(bank.empty, (width, height),
@@ -238,10 +317,12 @@ def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
     # bin with fewer products than any photo reads as one with products missing).
     layers: list[Layer] = []
     for _ in range(LAYOUTS):
-        drawn = _place(bank, _pick(bank, settings, rng), (height, width), settings, rng)
-        if len(drawn) > len(layers):
+        picks = _pick(bank, settings, rng)
+        foreign = _pick_foreign(distractors, rng) if distractors is not None else None
+        drawn = _place(bank, picks, (height, width), settings, rng, foreign)
+        if _held(drawn) > _held(layers):
             layers = drawn
-        if len(layers) >= min(bank.counts):
+        if _held(layers) >= min(bank.counts):
             break
     image, mask = _draw(image, layers, settings, rng)
     if bank.gains:  # one photo's colour cast, on everything
@@ -249,18 +330,27 @@ def compose(bank: ObjectBank, size: int, rng: np.random.Generator,
     if bank.noise > 0:  # the floor is a median, without the photos' noise; products have it
         noise = rng.normal(0, bank.noise, image.shape).astype(np.float32)
         image += noise * (1 - mask[..., None])
-    cls, boxes = [], []
-    for (c, _, _), visible in zip(layers, _visible([a for _, a, _ in layers]), strict=True):
+    cls, boxes, foreign_flags = [], [], []
+    for layer, visible in zip(layers, _visible([layer.alpha for layer in layers]), strict=True):
         ys, xs = np.nonzero(visible)
         if len(xs):
-            cls.append(c)
+            cls.append(layer.cls)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            foreign_flags.append(layer.foreign)
     return Composite(np.clip(image + 0.5, 0, 255).astype(np.uint8), mask,
-                     np.asarray(cls, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4))
+                     np.asarray(cls, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),
+                     np.asarray(foreign_flags, bool))
+
+
+def _held(layers: list[Layer]) -> int:
+    """How many products the layers hold, distractors included (each takes a product's
+    place); none without one of the SKU's own."""
+    return len(layers) if any(not layer.foreign for layer in layers) else 0
 
 
 def compose_batch(bank: ObjectBank, n: int, size: int, seed: int | None,
-                  settings: ComposeSettings = DEFAULTS) -> list[Composite]:
+                  settings: ComposeSettings = DEFAULTS,
+                  distractors: Distractors | None = None) -> list[Composite]:
     """`n` composites; the same seed gives the same composites."""
     rng = np.random.default_rng(seed)
-    return [compose(bank, size, rng, settings) for _ in range(n)]
+    return [compose(bank, size, rng, settings, distractors) for _ in range(n)]

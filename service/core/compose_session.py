@@ -6,16 +6,24 @@ their labels (exact, by construction) out, at any size up to `compose.MAX_SIZE`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from service.core.compose import DEFAULT_SIZE, ComposeSettings, compose
+from service.core.compose import DEFAULT_SIZE, ComposeSettings, Distractors, compose
 from service.core.labeller_session import Detections
 from service.core.object_bank import ObjectBank
 from service.core.refiner_session import RefinerSession
 from service.core.repository import REFINER_FILE
 from service.core.seeds import image_seeds, stream
+
+
+@dataclass(frozen=True)
+class ComposedLabels(Detections):
+    """A composite's labels (confidence 1: by construction), with which are distractors."""
+
+    foreign: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [k] bool
 
 
 class ComposeSession:
@@ -37,24 +45,26 @@ class ComposeSession:
     def classes(self) -> list[str]:
         return self.bank.names
 
-    def compose(self, seeds: list[int], size: int = DEFAULT_SIZE
-                ) -> tuple[np.ndarray, np.ndarray, list[Detections]]:
+    def compose(self, seeds: list[int], size: int = DEFAULT_SIZE,
+                distractors: Distractors | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[ComposedLabels]]:
         """One composite per seed (`service.core.seeds`) before refinement: (images uint8
         [n, H, W, 3], masks float32 [n, H, W], labels)."""
-        composites = [compose(self.bank, size, np.random.default_rng(s), self.settings)
-                      for s in seeds]
-        labels = [Detections(c.boxes, c.cls, np.ones(len(c.cls), np.float32), c.image.shape[:2])
-                  for c in composites]
+        composites = [compose(self.bank, size, np.random.default_rng(s), self.settings,
+                              distractors) for s in seeds]
+        labels = [ComposedLabels(c.boxes, c.cls, np.ones(len(c.cls), np.float32),
+                                 c.image.shape[:2], c.foreign) for c in composites]
         if not composites:
             return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size)), labels
         return (np.stack([c.image for c in composites]), np.stack([c.mask for c in composites]),
                 labels)
 
-    def sample(self, n: int, seed: int | None = None, size: int = DEFAULT_SIZE
-               ) -> tuple[np.ndarray, list[Detections]]:
+    def sample(self, n: int, seed: int | None = None, size: int = DEFAULT_SIZE,
+               distractors: Distractors | None = None
+               ) -> tuple[np.ndarray, list[ComposedLabels]]:
         """`n` images (refined when the version has a refiner) and their labels; the same
         seed gives the same images."""
-        images, masks, labels = self.compose(image_seeds(stream(seed), 0, n), size)
+        images, masks, labels = self.compose(image_seeds(stream(seed), 0, n), size, distractors)
         if self.refiner is not None and len(images):
             images = self.refiner.refine(images, masks)
         return images, labels

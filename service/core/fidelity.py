@@ -156,9 +156,23 @@ def _widen(seen: np.ndarray) -> np.ndarray:
     return wide.reshape(-1)
 
 
-def palette(image: np.ndarray, known: np.ndarray) -> float:
-    """The fraction of pixels whose colour is not in `known`."""
-    return float((~known[_colour_bins(image)]).mean())
+def palette(image: np.ndarray, known: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """The fraction of pixels (of those `keep` marks, [H, W] bool) whose colour is not in
+    `known`."""
+    alien = ~known[_colour_bins(image)]
+    if keep is not None:
+        alien = alien[keep.reshape(-1)]
+    return float(alien.mean()) if alien.size else 0.0
+
+
+def _outside(boxes: np.ndarray, shape: tuple[int, int], side_shape: tuple[int, int]
+             ) -> np.ndarray:
+    """The pixels of an image of `side_shape` outside `boxes` (pixels of `shape`).  # [h, w]"""
+    keep = np.ones(side_shape, bool)
+    fy, fx = side_shape[0] / shape[0], side_shape[1] / shape[1]
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        keep[int(y1 * fy) : int(np.ceil(y2 * fy)), int(x1 * fx) : int(np.ceil(x2 * fx))] = False
+    return keep
 
 
 def _ladder(work_side: int) -> list[int]:
@@ -232,22 +246,31 @@ class FidelityCalibration:
         sides = _ladder(self.work_side)
         return next((s for s in sides if s <= min(shape[:2])), sides[-1])
 
-    def measures(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def measures(self, images: Sequence[np.ndarray],
+                 foreign: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Raw measures of each image, in `MEASURES` order (palette NaN without a palette).
-        # [N, 3]"""
+        `foreign`: per image, boxes [m, 4] (pixels) of other SKUs' products, whose colours
+        the photos never showed: palette leaves them out. # [N, 3]"""
         out = np.full((len(images), len(MEASURES)), np.nan, np.float64)
         for i, im in enumerate(images):
             side = self.side_for(np.asarray(im).shape)
             g = _resize(_gray(im, i), side)
             out[i, :2] = sharpness(g), checker(g)
             if self.known:
-                out[i, 2] = palette(_resize(np.asarray(im)[..., :3], side), self.known[str(side)])
+                boxes = foreign[i] if foreign is not None else None
+                keep = None if boxes is None or not len(boxes) else _outside(
+                    boxes, np.asarray(im).shape[:2], g.shape)
+                out[i, 2] = palette(_resize(np.asarray(im)[..., :3], side),
+                                    self.known[str(side)], keep)
         return out
 
-    def score_with_reasons(self, images: Sequence[np.ndarray]) -> list[tuple[float, str]]:
-        """(fidelity in [0, 1], the failing measure's name or "") per image."""
+    def score_with_reasons(self, images: Sequence[np.ndarray],
+                           foreign: Sequence[np.ndarray | None] | None = None
+                           ) -> list[tuple[float, str]]:
+        """(fidelity in [0, 1], the failing measure's name or "") per image (`foreign` as
+        in `measures`)."""
         result = []
-        for im, (s, c, p) in zip(images, self.measures(images), strict=True):
+        for im, (s, c, p) in zip(images, self.measures(images, foreign), strict=True):
             side = str(self.side_for(np.asarray(im).shape))
             parts = {
                 "sharpness": (self.sharp_ref[side] - s) / (2 * self.sharp_margin[side]),
@@ -260,9 +283,11 @@ class FidelityCalibration:
             result.append((score, worst if score < FIDELITY_WHITE_BELOW else ""))
         return result
 
-    def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Fidelity in [0, 1] per image: 1 = as sharp and clean as the photos.  # [N]"""
-        return np.array([s for s, _ in self.score_with_reasons(images)], np.float64)
+    def score(self, images: Sequence[np.ndarray],
+              foreign: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+        """Fidelity in [0, 1] per image: 1 = as sharp and clean as the photos (`foreign` as in
+        `measures`).  # [N]"""
+        return np.array([s for s, _ in self.score_with_reasons(images, foreign)], np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the model card (each rung's palette as base64 of its zlib'd

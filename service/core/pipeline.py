@@ -13,7 +13,9 @@ and serve `select=none`.
 
 A version's card says how it makes images: `recipe: gan` samples its generator and the
 labeller labels the samples; `recipe: compose` composes from its object bank (refined when it
-has a refiner) with labels by construction, and the labeller only checks them.
+has a refiner) with labels by construction, and the labeller only checks them. A compose
+request may name other compose SKUs as `distractors`: their products join the arrangements,
+labelled with their own classes (`service.core.compose.with_distractors`).
 
 Torch-free and HTTP-free: the HTTP layer encodes `Generated` (`service/responses.py`) and keeps
 its metrics from `ModelCache`'s counts.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import numpy as np
 
 from service.core.batching import Batcher
 from service.core.cards import GeneratorCard
-from service.core.compose import DEFAULT_SIZE
+from service.core.compose import DEFAULT_SIZE, Distractors, with_distractors
 from service.core.compose_session import ComposeSession
 from service.core.datasets import write_dataset
 from service.core.gan_session import GeneratorSession
@@ -66,6 +68,15 @@ class SelectionMissing(LookupError):
 
 class SizeUnsupported(ValueError):
     """A `size` the model cannot make: a gan version makes its own resolution only."""
+
+
+class DistractorUnusable(ValueError):
+    """A `distractors` entry that cannot lend products: the SKU itself, a gan model (no object
+    bank), or for a gan request any; `missing` when no such SKU is published."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 Session = GeneratorSession | ComposeSession
@@ -226,11 +237,13 @@ class Pipeline:
         self.pass_rates: dict[tuple[Any, ...], float] = {}
 
     def generate(self, sku: str, n: int, seed: int | None = None, version: int | None = None,
-                 select: str = "green", size: int | None = None) -> Generated:
+                 select: str = "green", size: int | None = None,
+                 distractors: Sequence[str] = (), max_distractors: int = 2) -> Generated:
         """`n` labelled images of `sku` (newest version unless pinned) that pass `select`.
 
         `size`: the long side of compose images (default `DEFAULT_SIZE`); a gan version makes
-        its own resolution only (SizeUnsupported for another)."""
+        its own resolution only (SizeUnsupported for another). `distractors`: other compose
+        SKUs (newest versions) whose products each image may hold, up to `max_distractors`."""
         entry = self.cache.repository.resolve(sku, version)
         session = self.cache.generator(entry)
         if isinstance(session, GeneratorSession):
@@ -238,17 +251,22 @@ class Pipeline:
                 raise SizeUnsupported(
                     f"size {size}: {sku} version {entry.version} is a gan model, which makes "
                     f"{session.resolution} px images only")
+            if distractors:
+                raise DistractorUnusable(f"{sku} version {entry.version} is a gan model: it "
+                                         "samples whole images and cannot place distractors")
             side = session.resolution
 
             def sample(seeds: list[int]) -> np.ndarray:
                 return self.batcher.run(("sample", id(session)), seeds, session.sample_seeded)
+            classes = None  # the labeller's
         else:
             side = DEFAULT_SIZE if size is None else size
+            pool, classes = self.distractors(sku, session, distractors, max_distractors)
 
             def sample(seeds: list[int]) -> tuple[np.ndarray, list[Detections]]:
                 # Composing is numpy and OpenCV, not a network call: it runs in this request's
                 # thread, beside other requests' composing and the batched network calls.
-                images, masks, labels = session.compose(seeds, side)
+                images, masks, labels = session.compose(seeds, side, pool)
                 if session.refiner is not None and len(images):
                     images = self.batcher.run(("sample", id(session), side),
                                               list(zip(images, masks, strict=True)),
@@ -259,19 +277,20 @@ class Pipeline:
         if select == "none" and isinstance(session, ComposeSession):
             images, labels = sample(stream_seeds)  # labels by construction: no labeller needed
             return Generated(sku, entry.version, "none", seed, list(images), labels,
-                             session.classes, [None] * n, n, n)
+                             classes, [None] * n, n, n)
         labeller = self.cache.load_labeller()
 
         def label(images: list[np.ndarray] | np.ndarray) -> list[Detections]:
             return list(self.batcher.run(("label", id(labeller)), list(images), labeller.label))
 
-        classes = session.classes if isinstance(session, ComposeSession) else labeller.classes
+        classes = classes or labeller.classes
         if select == "none":
             images = sample(stream_seeds)
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
                              classes, [None] * len(images), len(images), len(images))
 
-        rate_key = (entry.name, entry.version, entry.stamp, select, side)
+        rate_key = (entry.name, entry.version, entry.stamp, select, side, tuple(distractors),
+                    max_distractors if distractors else None)
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
                                  max_tries=n * self.max_tries_factor,
                                  expected_rate=self.pass_rates.get(rate_key, 1.0))
@@ -283,6 +302,29 @@ class Pipeline:
             classes, [score_fields(s) for s in result.scores], result.tried,
             len(result.images), None if result.complete else result.message,
         )
+
+    def distractors(self, sku: str, session: ComposeSession, names: Sequence[str], most: int
+                    ) -> tuple[Distractors | None, list[str]]:
+        """The distractor banks of `names` (newest versions) and the labels' class names;
+        DistractorUnusable for the SKU itself, one not published, or a gan model."""
+        others = {}
+        for name in dict.fromkeys(names):  # each once, in the order given
+            if name == sku:
+                raise DistractorUnusable(f"{name} is the SKU asked for; distractors are other "
+                                         "SKUs' products")
+            try:
+                other = self.cache.generator(self.cache.repository.resolve(name))
+            except ModelNotFound:
+                raise DistractorUnusable(f"no SKU {name} in the model repository",
+                                         missing=True) from None
+            if not isinstance(other, ComposeSession):
+                raise DistractorUnusable(f"{name} is a gan model: it has no object bank to "
+                                         "lend products from (fine-tune it with recipe "
+                                         "compose)")
+            others[name] = other.bank
+        if not others:
+            return None, session.classes
+        return with_distractors(session.bank, others, most)
 
 
 def refine(session: ComposeSession, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -315,10 +357,12 @@ def write_generated(out: Path, result: Generated) -> Path:
 
 def generate_dataset(sku: str, n: int, out: Path, models: Path, seed: int | None = None,
                      version: int | None = None, select: str = "green",
-                     size: int | None = None) -> Generated:
+                     size: int | None = None, distractors: Sequence[str] = (),
+                     max_distractors: int = 2) -> Generated:
     """Write `n` labelled images of `sku` that pass `select` to `out` as a YOLO + COCO dataset:
     exactly what `POST /generate` with `format=zip` returns, as a folder (`boxgen generate`)."""
     pipeline = Pipeline(ModelCache(ModelRepository(models)))
-    result = pipeline.generate(sku, n, seed, version, select, size)
+    result = pipeline.generate(sku, n, seed, version, select, size, distractors,
+                               max_distractors)
     write_generated(Path(out), result)
     return result

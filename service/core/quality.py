@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.core.agreement import MATCH_IOU, iou_matrix
+
 PARTIAL_BELOW = 0.5  # an object whose shape score is below this looks partial
 SHAPE_TOLERANCE = 0.15  # boxes may be this fraction outside the real range before losing score
 # An image is as good as its weakest object, so each object's reference confidence is the
@@ -164,14 +166,25 @@ class QualityCalibration:
         conf = np.clip(np.asarray(det.conf, np.float64) / np.maximum(refs, 1e-6), 0, 1)
         return conf, shape
 
-    def score(self, det: DetectionsLike, size: tuple[int, int]) -> tuple[float, bool, str]:
-        """(quality in [0, 1], looks partial, reason) for one image's detections."""
+    def score(self, det: DetectionsLike, size: tuple[int, int],
+              foreign: np.ndarray | None = None) -> tuple[float, bool, str]:
+        """(quality in [0, 1], looks partial, reason) for one image's detections.
+
+        `foreign`: boxes [m, 4] of other SKUs' products the image holds (compose's
+        distractors); the detections that match one (IoU >= `MATCH_IOU`) are not judged, as
+        the calibration knows only the SKU's own products. They still count towards the
+        objects in the bin, each in a product's place, and as neighbours that may hide part
+        of a product."""
+        det = products(det)
+        k = len(det.conf)
+        conf, shape = self.object_scores(det, size)
+        if foreign is not None and len(foreign) and k:
+            own = iou_matrix(det.boxes, foreign).max(axis=1) < MATCH_IOU
+            det = Products(det.boxes[own], det.cls[own], det.conf[own], det.index[own])
+            conf, shape = conf[own], shape[own]
         if len(det.conf) == 0:
             return 0.0, True, "no objects found"
-        det = products(det)
-        conf, shape = self.object_scores(det, size)
         lo, hi = self.count_range
-        k = len(conf)
         # Fewer objects than any real image means objects the labeller cannot recognise
         # (broken or cut): half the score per missing one. One more than the fullest photo is
         # a new arrangement (measured: a single-product SKU's composites of two products were

@@ -48,9 +48,10 @@ def sample_selected(
 
     `generate(seeds)` returns one uint8 NHWC image per seed, or (images, labels) for images
     built with labels (compose: one `Detections` each, which are then served, and checked
-    against the labeller's); `label(images)` returns one detections object per image. Image j
-    of a request has seed j of the request's stream (`service.core.seeds`) and images are
-    judged in stream order, so the same seed gives the same images however the rounds fall.
+    against the labeller's; a `foreign` field marks distractors); `label(images)` returns one
+    detections object per image. Image j of a request has seed j of the request's stream
+    (`service.core.seeds`) and images are judged in stream order, so the same seed gives the
+    same images however the rounds fall.
     Each round asks for what is missing divided by the pass rate (the images that passed
     so far, with `expected_rate` counted as `PRIOR_WEIGHT` images before the first), at most
     `max_batch`; at most `max_tries` images (default 20 × n) are generated. With `distinct`,
@@ -83,8 +84,10 @@ def sample_selected(
             break
         detections = label(images)
         features = novelty_features(images)
-        scores = selector.score(images, detections,
-                                None if built is None else [b.boxes for b in built], features)
+        scores = selector.score(
+            images, detections, None if built is None else [b.boxes for b in built], features,
+            None if built is None else [getattr(b, "foreign", np.zeros(len(b), bool))
+                                        for b in built])
         served = detections if built is None else built
         if not distinct or select == "none":
             features = None

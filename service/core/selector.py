@@ -137,23 +137,32 @@ class Selector:
     def score(self, images: np.ndarray | Sequence[np.ndarray],
               detections: Sequence[DetectionsLike] | None = None,
               labels: Sequence[np.ndarray] | None = None,
-              features: np.ndarray | None = None) -> list[ImageScore]:
+              features: np.ndarray | None = None,
+              foreign: Sequence[np.ndarray] | None = None) -> list[ImageScore]:
         """Category and measures for each image; `detections` from the labeller and `labels`
         (pixel boxes the image was built with, compose only), one per image; `features` as
-        in `novelty`."""
-        for given, name in ((detections, "detections"), (labels, "labels")):
+        in `novelty`; `foreign`: per image, which labels ([k] bool) are other SKUs' products
+        (distractors), left out of quality and palette, which know the SKU's own only, but
+        not out of agreement: the labeller must find them too."""
+        for given, name in ((detections, "detections"), (labels, "labels"),
+                            (foreign, "foreign")):
             if given is not None and len(given) != len(images):
                 raise ValueError(f"{len(given)} {name} for {len(images)} images")
+        others = [None] * len(images)
+        if labels is not None and foreign is not None:
+            others = [np.asarray(b).reshape(-1, 4)[np.asarray(f, bool)]
+                      for b, f in zip(labels, foreign, strict=True)]
         novelty, nearest = self.novelty(images, features)
-        fidelity = self.fidelity.score(images) if self.fidelity is not None and len(images) \
-            else [None] * len(images)
+        fidelity = self.fidelity.score(images, others) \
+            if self.fidelity is not None and len(images) else [None] * len(images)
         scores = []
         for i, image in enumerate(images):
             det = detections[i] if detections is not None else None
             if self.quality is None or det is None:
                 quality, partial, why = 1.0, False, "quality not measured"
             else:
-                quality, partial, why = self.quality.score(det, np.asarray(image).shape[:2])
+                quality, partial, why = self.quality.score(det, np.asarray(image).shape[:2],
+                                                           others[i])
             agrees = None
             if labels is not None and det is not None and self.agreement_min is not None:
                 agrees = agreement(labels[i], det.boxes)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -249,6 +250,45 @@ def test_compose_takes_labels_and_an_empty_bin_and_serves_any_size(
         assert 400 <= answer.status_code < 500, answer.text
         body = answer.json()
         assert (body.get("field") or body["detail"][0]["loc"][-1]) == field, answer.text
+
+
+def test_distractors_lend_another_skus_products_labelled_with_its_classes(
+    client: httpx.Client, tmp_path: Path
+):
+    # Both compose SKUs of this module: "composed" (its photos' labels) and NEW_SKU.
+    def generate(**fields) -> httpx.Response:
+        return client.post("/generate", json={"n": 6, "seed": 1, "select": "none", **fields})
+
+    own, other = (generate(sku=sku).json()["classes"] for sku in ("composed", NEW_SKU))
+    body = generate(sku="composed", distractors=[NEW_SKU], max_distractors=3).json()
+    k = len(own)
+    assert body["classes"] == own + [f"{NEW_SKU}/{n}" if n in own else n for n in other]
+    boxes = [b for image in body["images"] for b in image["boxes"]]
+    lent = [b for b in boxes if b["class_id"] >= k]
+    assert lent and len(lent) < len(boxes) <= 6 * (k + 3) + 6 * 3
+    assert all(body["classes"][b["class_id"]] == b["class_name"] for b in boxes)
+
+    archive = generate(sku="composed", distractors=[NEW_SKU], format="zip")
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as files:
+        data = yaml.safe_load(files.read("data.yaml"))
+        coco = json.loads(files.read("annotations.json"))
+    assert data["names"] == dict(enumerate(body["classes"]))
+    assert [c["name"] for c in coco["categories"]] == body["classes"]
+    # Judged too: the labeller must find the distractors, quality and palette leave them out.
+    judged = generate(sku="composed", n=2, select="yellow", distractors=[NEW_SKU])
+    assert judged.status_code == 200, judged.text
+
+    for fields, status in (({"distractors": ["no-such-sku"]}, 404),
+                           ({"distractors": ["composed"]}, 422),
+                           ({"distractors": ["demo"]}, 422),
+                           ({"distractors": [NEW_SKU], "max_distractors": 9}, 400),
+                           ({"distractors": ["bad name!"]}, 400)):
+        answer = generate(sku="composed", **fields)
+        assert answer.status_code == status, answer.text
+        named = answer.json().get("field") or answer.json()["detail"][0]["loc"]
+        assert "distractors" in named, answer.text
+    gan = client.post("/generate", json={"sku": "demo", "n": 1, "distractors": [NEW_SKU]})
+    assert gan.status_code == 422 and gan.json()["field"] == "distractors", gan.text
 
 
 @pytest.mark.parametrize("fields, extra, field", [

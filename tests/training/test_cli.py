@@ -84,6 +84,10 @@ def test_compose_finetune_and_generate_at_a_size(pipeline):
                                       str(pipeline / "x"), "--models", str(models), "--size",
                                       "64", "--version", "1"])
     assert result.exit_code == 1 and "size 64" in result.output and "gan" in result.output
+    result = CliRunner().invoke(cli, ["generate", "--sku", "sku-c", "--out",
+                                      str(pipeline / "x"), "--models", str(models),
+                                      "--distractor", "sku-a", "--select", "none"])
+    assert result.exit_code == 1 and "sku-a is a gan model" in result.output
 
 
 def test_generate_selects_label_and_evaluate(pipeline):

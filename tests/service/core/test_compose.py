@@ -18,6 +18,7 @@ from service.core.compose import (
     compose_batch,
     output_shape,
     overlapping,
+    with_distractors,
 )
 from service.core.object_bank import BankObject, ObjectBank
 
@@ -93,7 +94,7 @@ def test_products_stay_apart_when_the_photos_show_no_overlaps():
         hidden[name] = 0
         for _ in range(15):
             layers = _place(bank, _pick(bank, PLAIN, rng), (96, 128), PLAIN, rng)
-            solid = np.stack([a >= LABEL_ALPHA for _, a, _ in layers]).sum(axis=0)
+            solid = np.stack([layer.alpha >= LABEL_ALPHA for layer in layers]).sum(axis=0)
             hidden[name] += int((solid > 1).sum())
     assert hidden["apart"] == 0 and hidden["piled"] > 0
 
@@ -106,8 +107,8 @@ def test_products_kept_apart_leave_floor_between_them():
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius - 1, 2 * radius - 1))
     pairs = 0
     for _ in range(15):
-        masks = [(a > 0).astype(np.uint8)
-                 for _, a, _ in _place(bank, _pick(bank, settings, rng), (96, 128), settings, rng)]
+        masks = [(layer.alpha > 0).astype(np.uint8)
+                 for layer in _place(bank, _pick(bank, settings, rng), (96, 128), settings, rng)]
         for i, a in enumerate(masks):
             for b in masks[i + 1 :]:
                 assert not (cv2.dilate(a, ring) & b).any()
@@ -166,3 +167,39 @@ def test_products_lie_wholly_on_the_floor(size: int):
     assert len(boxes) > 60
     assert (boxes[:, 0] >= 0.1 * width - 1).all() and (boxes[:, 2] <= 0.9 * width + 1).all()
     assert (boxes[:, 1] >= 0.1 * height - 1).all() and (boxes[:, 3] <= 0.9 * height + 1).all()
+
+
+def other_sku_bank(width: int) -> ObjectBank:
+    """Two products of another SKU, colours the first bank never has: a 20×10 bar (class 0,
+    named like the first bank's class 0) and a 12×12 square (class 1), on a bin `width` wide."""
+    bar, square = ((250, 0, 0), (20, 10)), ((0, 0, 250), (12, 12))
+    objects = [BankObject(cls, np.full((*size, 3), colour, np.uint8),
+                          np.ones(size, np.float32)) for cls, (colour, size) in
+               enumerate((bar, square))]
+    return ObjectBank(objects, np.full((width * 3 // 4, width, 3), 128, np.uint8),
+                      ["p0", "other"], [1], (0.1, 0.1, 0.9, 0.9))
+
+
+def test_distractors_are_other_skus_products_labelled_with_their_own_classes():
+    own = flat_bank(occluded=0.0)  # products apart, 160 wide
+    distractors, names = with_distractors(own, {"sku-b": other_sku_bank(320)}, most=2)
+    assert names == [*own.names, "sku-b/p0", "other"]  # a name already taken is prefixed
+    bar, square = len(own.names), len(own.names) + 1
+    held, checked = [], 0
+    for c in compose_batch(own, 40, 160, 4, dataclasses.replace(PLAIN, scale_jitter=0.0),
+                           distractors):
+        held.append(int(c.foreign.sum()))
+        assert set(c.cls[c.foreign]) <= {bar, square} and (c.cls[~c.foreign] < bar).all()
+        assert (~c.foreign).any()  # never a bin of distractors alone
+        for cls in set(c.cls[c.foreign].tolist()):
+            colour = (250, 0, 0) if cls == bar else (0, 0, 250)
+            if (c.cls == cls).sum() == 1:
+                box = c.boxes[c.cls == cls][0]
+                assert colour_box(c.image, colour) == box.astype(int).tolist()
+                # The other bank's bin is twice as wide: its products come at half size.
+                area = (c.image == colour).all(axis=2).sum()
+                assert area == pytest.approx(200 / 4 if cls == bar else 144 / 4, rel=0.35)
+                checked += 1
+    assert set(held) == {0, 1, 2} and checked >= 20  # 0..most per image
+    with pytest.raises(ValueError, match="max_distractors"):
+        with_distractors(own, {"b": other_sku_bank(160)}, most=9)

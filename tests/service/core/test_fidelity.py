@@ -168,3 +168,21 @@ def test_round_trip_and_errors(cases) -> None:
         FidelityCalibration.fit(held_out[:1])
     with pytest.raises(ValueError, match="uint8"):
         cal.score([held_out[0].astype(np.float32)])
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_palette_leaves_out_the_boxes_of_other_skus_products(cases, size: int) -> None:
+    # A product of another SKU (here: magenta, a colour the photos never show) makes an image
+    # white for palette, unless its box is marked foreign (compose's distractors).
+    cal, held_out = cases["tidy", size]
+    lo, hi = size * 3 // 8, size * 5 // 8
+    pasted = []
+    for im in held_out:
+        out = im.copy()
+        out[lo:hi, lo:hi] = (230, 20, 230)
+        pasted.append(out)
+    white = np.array(cal.score(pasted)) < FIDELITY_WHITE_BELOW
+    box = np.array([[lo, lo, hi, hi]], np.float32)
+    spared = np.array(cal.score(pasted, [box] * len(pasted))) < FIDELITY_WHITE_BELOW
+    real = np.array(cal.score(held_out)) < FIDELITY_WHITE_BELOW
+    assert white.mean() >= 0.9 and spared.mean() <= real.mean()

@@ -321,3 +321,21 @@ def test_labels_the_labeller_disagrees_with_are_white(train, tmp_path):
     assert loaded.agreement_min == selector.agreement_min
     fresh = [new for new, _ in (render(i) for i in range(50, 53))]
     assert [s.fidelity for s in loaded.score(fresh)] == [s.fidelity for s in selector.score(fresh)]
+
+
+def test_a_distractor_is_not_judged_as_the_skus_product_but_takes_a_place_in_the_bin():
+    # Every photo shows two 30x10 bottles. A composite holds one bottle and an unsure 30x30
+    # product of another SKU (a distractor): judged as a bottle, it is a cut or weak one.
+    calibration = QualityCalibration.fit(
+        [Detections(np.array([[10, 10, 40, 20], [10, 50, 40, 60]], np.float32),
+                    np.zeros(2, np.int64), np.full(2, 0.9, np.float32), (100, 100))] * 10,
+        [(100, 100)] * 10)
+    image = Detections(np.array([[10, 10, 40, 20], [60, 60, 90, 90]], np.float32),
+                       np.zeros(2, np.int64), np.array([0.9, 0.2], np.float32), (100, 100))
+    foreign = np.array([[59, 61, 90, 91]], np.float32)  # its label, as constructed
+    assert calibration.score(image, (100, 100))[0] < 0.5
+    # Left out, the bottle is judged alone, and the distractor fills the second place.
+    assert calibration.score(image, (100, 100), foreign) == (1.0, False,
+                                                             "weakest object 0: confidence 0.90")
+    alone = Detections(image.boxes[1:], image.cls[1:], image.conf[1:], (100, 100))
+    assert calibration.score(alone, (100, 100), foreign) == (0.0, True, "no objects found")
