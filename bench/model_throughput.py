@@ -6,11 +6,13 @@ per backend and batch size, side by side in one run.
 
 Backends: torch fp32 and torch bf16 autocast on CUDA when present (else the CPU), and
 onnxruntime with each GPU execution provider installed (TensorRT, CUDA; the CPU provider only
-when there is no GPU). Untrained networks of the production shapes (`thesis` generator, the
-default refiner at 256 px, `yolov5x.yaml` labeller at 256): speed does not depend on the
-weights. The labeller's network only (no letterbox, no NMS), the same for every backend.
-Outputs are copied to the host, as serving does. Cells past `--budget` seconds are skipped
-and say so, so a GPU session's time limit holds.
+when there is no GPU, in the sessions the service opens: `service.core.onnx_session`'s
+threads, and the generator's batches run as slices side by side). Untrained networks of
+the production shapes (`thesis` generator, the default refiner at 256 px, `yolov5x.yaml`
+labeller at 256): speed does not depend on the weights. The labeller's network only (no
+letterbox, no NMS), the same for every backend. Outputs are copied to the host, as serving
+does. Cells past `--budget` seconds are skipped and say so, so a GPU session's time limit
+holds.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+
+from service.core.onnx_session import SlicedSession, open_session
 
 OPSET = 17
 
@@ -58,6 +62,7 @@ class Model:
     network: torch.nn.Module
     inputs: Callable[[int], dict[str, np.ndarray]]  # batch -> named float32 inputs
     onnx: Path
+    sliced: bool = False  # the service runs it as a `SlicedSession` on the CPU
 
 
 def export(network: torch.nn.Module, example: dict[str, np.ndarray], path: Path) -> Path:
@@ -102,7 +107,7 @@ def build_models(s: Settings, work: Path) -> list[Model]:
                                   ("compose refiner", refiner, composite),
                                   (f"labeller {s.labeller_cfg}", labeller, images)):
         path = export(network, inputs(2), work / f"{name.split()[0]}-{len(models)}.onnx")
-        models.append(Model(name, network.eval(), inputs, path))
+        models.append(Model(name, network.eval(), inputs, path, network is generator))
     return models
 
 
@@ -137,9 +142,12 @@ def fp16_copy(model: Model) -> Path:
     return path
 
 
-def ort_session(model: Model, backend: str, max_batch: int, cache: Path) -> ort.InferenceSession:
+def ort_session(model: Model, backend: str, max_batch: int, cache: Path
+                ) -> ort.InferenceSession | SlicedSession:
     provider = f"{backend.removeprefix('ort-').removesuffix('-fp16')}ExecutionProvider"
     onnx_file = fp16_copy(model) if backend.endswith("-fp16") else model.onnx
+    if provider == "CPUExecutionProvider":  # as the service runs it
+        return SlicedSession(onnx_file) if model.sliced else open_session(onnx_file)
     options: dict[str, Any] = {}
     if provider == "TensorrtExecutionProvider":
         # One engine for every batch size: else TensorRT builds one per shape, minutes each.
@@ -158,7 +166,7 @@ def ort_session(model: Model, backend: str, max_batch: int, cache: Path) -> ort.
                                 providers=[(provider, options), "CPUExecutionProvider"])
 
 
-def parity(model: Model, session: ort.InferenceSession) -> float:
+def parity(model: Model, session: ort.InferenceSession | SlicedSession) -> float:
     """Max abs difference between `session` and the fp32 model on the CPU, on one batch of 2."""
     inputs = model.inputs(2)
     options = ort.SessionOptions()
@@ -169,7 +177,7 @@ def parity(model: Model, session: ort.InferenceSession) -> float:
 
 
 def runner(model: Model, backend: str, batch: int, device: torch.device,
-           session: ort.InferenceSession | None) -> Callable[[], None]:
+           session: ort.InferenceSession | SlicedSession | None) -> Callable[[], None]:
     """One forward pass of `batch` images on `backend`, output copied to the host."""
     inputs = model.inputs(batch)
     if session is not None:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from service.core.onnx_session import open_session
+from service.core.onnx_session import SlicedSession
 from service.core.seeds import image_seeds, stream
 
 
@@ -25,7 +25,7 @@ class GeneratorSession:
     """A generator ONNX file (`z` [N, z_dim] -> `image` [N, 3, H, W] in [-1, 1])."""
 
     def __init__(self, path: str | os.PathLike[str], batch_size: int = 64):
-        self.session = open_session(path)
+        self.session = SlicedSession(path)
         z = self.session.get_inputs()[0]
         self.input_name = z.name
         self.z_dim = int(z.shape[1])
