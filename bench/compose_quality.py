@@ -7,8 +7,10 @@ and `--real` held-out real bins at 256 px, fine-tunes compose on the photos exac
 `boxgen finetune` does (the models' base refiner and labeller), then judges `--samples` raw
 samples (select=none, seed 0, 256 px) and the held-out real bins with the SKU's own selector.
 The real bins are the reference: a judge built on a weak labeller calls some real bins
-yellow or white too. Writes `bench/results/compose_quality.{md,json}` and, per group, a
-contact sheet of photos, composites and refined images (`compose_sheet_g<N>.jpg`).
+yellow or white too. Then the same samples again with distractors: up to two products of the
+next group in the list per image (`/generate`'s `distractors`), judged by the same selector.
+Writes `bench/results/compose_quality.{md,json}` and, per group, a contact sheet of photos,
+composites and refined images (`compose_sheet_g<N>.jpg`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.core.compose import with_distractors
 from service.core.datasets import image_files, read_image
 from service.core.pipeline import ModelCache
 from service.core.repository import BASE, LABELLER, ModelRepository
@@ -69,11 +72,28 @@ def judge_group(group: int, models: Path, work: Path, samples: int, real: int,
     sheet = compose_sheet(photos / "images", models, sku, work / f"sheet-g{group}.png")
     out = RESULTS / f"compose_sheet_g{group}.jpg"
     Image.open(sheet).convert("RGB").save(out, quality=85)
-    return {"group": group, "scene": scene, "products": len(make_group(0, group, scene)),
+    return {"group": group, "sku": sku, "scene": scene,
+            "products": len(make_group(0, group, scene)),
             "finetune_seconds": round(seconds, 1),
             "compose": category_fractions(scores), "real": category_fractions(real_scores),
             "fidelity_min": float(np.min([s.fidelity for s in scores])),
             "sheet": out.name}
+
+
+def judge_with_distractors(models: Path, sku: str, other: str, samples: int, size: int
+                           ) -> dict[str, float]:
+    """`sku`'s raw samples with up to two of `other`'s products each, judged by its selector."""
+    from training.compose_recipe import judge_samples
+
+    cache = ModelCache(ModelRepository(models))
+    entry = cache.repository.resolve(sku)
+    session = cache.generator(entry)
+    distractors, _ = with_distractors(session.bank,
+                                      {other: cache.generator(cache.repository.resolve(other))
+                                       .bank}, most=2)
+    scores = judge_samples(session, cache.selector(entry), cache.load_labeller(), samples,
+                           size, distractors=distractors)
+    return category_fractions(scores)
 
 
 def main() -> None:
@@ -92,20 +112,27 @@ def main() -> None:
             shutil.copytree(args.models / name, models / name)
     rows = [judge_group(g, models, args.work, args.samples, args.real, args.size)
             for g in args.groups]
+    for row, other in zip(rows, rows[1:] + rows[:1], strict=True):
+        row["distractors_from"] = other["group"]
+        row["with_distractors"] = judge_with_distractors(models, row["sku"], other["sku"],
+                                                         args.samples, args.size)
     lines = ["# compose: raw samples judged, beside real bins of the same groups", "",
              f"{args.samples} raw samples (select=none, seed 0) and {args.real} held-out real "
              f"bins per group, {args.size} px, judged by the SKU's own selector "
              "(`bench/compose_quality.py`).", "",
              "| group | scene | products | compose green | yellow | white | red | "
-             "real green | yellow | white | red | fine-tune s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "real green | yellow | white | red | fine-tune s | with distractors of | green | "
+             "white |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+             "--- | --- |"]
     for r in rows:
-        c, q = r["compose"], r["real"]
+        c, q, d = r["compose"], r["real"], r["with_distractors"]
         lines.append(f"| {r['group']} | {r['scene']} | {r['products']} | "
                      + " | ".join(f"{c[k]:.0%}" for k in ("green", "yellow", "white", "red"))
                      + " | " + " | ".join(f"{q[k]:.0%}" for k in ("green", "yellow", "white",
                                                                  "red"))
-                     + f" | {r['finetune_seconds']:.0f} |")
+                     + f" | {r['finetune_seconds']:.0f} | group {r['distractors_from']} | "
+                     f"{d['green']:.0%} | {d['white']:.0%} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "compose_quality.md").write_text(text)
     (RESULTS / "compose_quality.json").write_text(json.dumps(rows, indent=1))

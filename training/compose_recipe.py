@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from service.core.cards import DEFAULT_REFINE, GeneratorCard
-from service.core.compose import DEFAULT_SIZE, compose
+from service.core.compose import DEFAULT_SIZE, Distractors, compose
 from service.core.compose_session import ComposeSession
 from service.core.datasets import IMAGE_SUFFIXES, read_image
 from service.core.labeller_session import LabellerSession
@@ -252,10 +252,13 @@ def judge(staged: Path, photos: list[Photo], models: Path) -> tuple[Selector, di
 
 
 def judge_samples(session: ComposeSession, selector: Selector, labeller: LabellerSession,
-                  n: int, size: int, seed: int = 0) -> list[ImageScore]:
-    """`n` raw samples (seed `seed`) judged, their labels checked against the labeller's."""
-    images, built = session.sample(n, seed=seed, size=size)
-    return selector.score(images, labeller.label(images), [b.boxes for b in built])
+                  n: int, size: int, seed: int = 0, distractors: Distractors | None = None
+                  ) -> list[ImageScore]:
+    """`n` raw samples (seed `seed`, maybe with `distractors`) judged, their labels checked
+    against the labeller's."""
+    images, built = session.sample(n, seed=seed, size=size, distractors=distractors)
+    return selector.score(images, labeller.label(images), [b.boxes for b in built], None,
+                          [b.foreign for b in built])
 
 
 def _reasons(scores: list[Any]) -> dict[str, int]:

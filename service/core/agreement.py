@@ -31,25 +31,31 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def agreement(expected: np.ndarray, found: np.ndarray) -> float:
+def agreement(expected: np.ndarray, found: np.ndarray, parts: np.ndarray | None = None
+              ) -> float:
     """F1 of a greedy one-to-one match (highest IoU first) of two box sets; 1 when both are
-    empty."""
-    if len(expected) == 0 and len(found) == 0:
-        return 1.0
-    if len(expected) == 0 or len(found) == 0:
-        return 0.0
-    iou = iou_matrix(expected, found)
-    matched = 0
-    while iou.size and iou.max() >= MATCH_IOU:
-        i, j = np.unravel_index(int(iou.argmax()), iou.shape)
-        matched += 1
-        iou[i, :], iou[:, j] = -1, -1
-    return 2 * matched / (len(expected) + len(found))
+    empty. `parts` ([m] bool over `found`): boxes the labeller found inside a product (a
+    label, a cap; `quality.products`): matched, they count; left over, they are not a
+    product too many."""
+    expected = np.asarray(expected).reshape(-1, 4)
+    found = np.asarray(found).reshape(-1, 4)
+    used = np.zeros(len(found), bool)
+    if len(expected) and len(found):
+        iou = iou_matrix(expected, found)
+        while iou.max() >= MATCH_IOU:
+            i, j = np.unravel_index(int(iou.argmax()), iou.shape)
+            used[j] = True
+            iou[i, :], iou[:, j] = -1, -1
+    extra = ~used if parts is None else ~used & ~np.asarray(parts, bool)
+    counted = len(expected) + used.sum() + extra.sum()
+    return 2 * float(used.sum()) / counted if counted else 1.0
 
 
-def calibrate(expected: Sequence[np.ndarray], found: Sequence[np.ndarray]) -> float:
+def calibrate(expected: Sequence[np.ndarray], found: Sequence[np.ndarray],
+              parts: Sequence[np.ndarray] | None = None) -> float:
     """The agreement an image needs: the photos' lowest, less `TOLERANCE` (at least 0)."""
     if len(expected) != len(found) or not expected:
         raise ValueError("agreement needs the photos' labels and detections, one per photo")
-    scores = [agreement(e, f) for e, f in zip(expected, found, strict=True)]
+    parts = parts if parts is not None else [None] * len(found)
+    scores = [agreement(e, f, p) for e, f, p in zip(expected, found, parts, strict=True)]
     return max(min(scores) - TOLERANCE, 0.0)

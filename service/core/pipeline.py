@@ -92,7 +92,8 @@ class Generated:
     seed: int | None
     images: list[np.ndarray]  # uint8 [H, W, 3] each
     detections: list[Detections]
-    classes: list[str]  # class names: the photos' (compose) or the labeller's (gan)
+    # Class names: the photos' (compose; then the distractors') or the labeller's (gan).
+    classes: list[str]
     scores: list[dict[str, Any] | None]  # category / novelty / quality per image
     tried: int  # samples drawn
     passed: int  # samples that passed selection (all of them with select=none)

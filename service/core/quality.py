@@ -172,24 +172,25 @@ class QualityCalibration:
 
         `foreign`: boxes [m, 4] of other SKUs' products the image holds (compose's
         distractors); the detections that match one (IoU >= `MATCH_IOU`) are not judged, as
-        the calibration knows only the SKU's own products. They still count towards the
-        objects in the bin, each in a product's place, and as neighbours that may hide part
-        of a product."""
+        the calibration knows only the SKU's own products. Each may take a product's place
+        (the bin is not short of products), but never counts as one more of the SKU's, and
+        it is a neighbour that may hide part of a product."""
         det = products(det)
-        k = len(det.conf)
+        held = len(det.conf)
         conf, shape = self.object_scores(det, size)
-        if foreign is not None and len(foreign) and k:
+        if foreign is not None and len(foreign) and held:
             own = iou_matrix(det.boxes, foreign).max(axis=1) < MATCH_IOU
             det = Products(det.boxes[own], det.cls[own], det.conf[own], det.index[own])
             conf, shape = conf[own], shape[own]
         if len(det.conf) == 0:
             return 0.0, True, "no objects found"
         lo, hi = self.count_range
+        k = len(conf)
         # Fewer objects than any real image means objects the labeller cannot recognise
         # (broken or cut): half the score per missing one. One more than the fullest photo is
         # a new arrangement (measured: a single-product SKU's composites of two products were
         # 35 % of its samples, all yellow for the count alone); each further one costs a quarter.
-        count = max(0.0, 1 - 0.5 * max(lo - k, 0) - 0.25 * max(k - hi - EXTRA_OBJECTS, 0))
+        count = max(0.0, 1 - 0.5 * max(lo - held, 0) - 0.25 * max(k - hi - EXTRA_OBJECTS, 0))
         per_object = conf * shape
         quality = float(count * per_object.min())
         worst = int(per_object.argmin())
@@ -197,7 +198,8 @@ class QualityCalibration:
             return quality, True, (f"object {int(det.index[shape.argmin()])} looks partial "
                                    "(box shape)")
         if count < 1:
-            return quality, False, (f"{k} objects, real images have {lo}-{hi} (and "
+            others = f" and {held - k} of other SKUs" if held > k else ""
+            return quality, False, (f"{k} objects{others}, real images have {lo}-{hi} (and "
                                     f"{EXTRA_OBJECTS} more is new)")
         return quality, False, (f"weakest object {int(det.index[worst])}: confidence "
                                 f"{float(det.conf[worst]):.2f}")

@@ -48,6 +48,7 @@ from service.core.quality import (
     SHAPE_TOLERANCE,
     DetectionsLike,
     QualityCalibration,
+    products,
 )
 from service.core.repository import SELECTION_FILE
 
@@ -121,7 +122,8 @@ class Selector:
             quality = QualityCalibration.fit(train_detections, sizes)
         agreement_min = None
         if train_detections is not None and train_labels is not None:
-            agreement_min = calibrate(train_labels, [d.boxes for d in train_detections])
+            agreement_min = calibrate(train_labels, [d.boxes for d in train_detections],
+                                      [parts(d) for d in train_detections])
         return cls(reference, threshold, loo, quality, FidelityCalibration.fit(train_images),
                    agreement_min)
 
@@ -165,7 +167,7 @@ class Selector:
                                                            others[i])
             agrees = None
             if labels is not None and det is not None and self.agreement_min is not None:
-                agrees = agreement(labels[i], det.boxes)
+                agrees = agreement(labels[i], det.boxes, parts(det))
             if novelty[i] < 1:
                 category, why = "red", f"copy of training image {int(nearest[i])}"
             elif fidelity[i] is not None and fidelity[i] < FIDELITY_WHITE_BELOW:
@@ -219,7 +221,8 @@ class Selector:
             "agreement": None if self.agreement_min is None else {
                 "min_f1": self.agreement_min,
                 "rule": "F1 of the labeller's boxes against the image's labels (IoU >= 0.5, "
-                        "class ignored) >= the photos' lowest - 0.1"},
+                        "class ignored; a box 70 % or more inside a larger one, left over, is a "
+                        "part, not a product too many) >= the photos' lowest - 0.1"},
             "categories": {"red": "novelty < 1",
                            "white": f"fidelity < {FIDELITY_WHITE_BELOW}, labels disagree, "
                                     f"partial object (shape score < {PARTIAL_BELOW}), no "
@@ -251,6 +254,13 @@ class Selector:
                        {k: v for k, v in fidelity.items() if k != "white_below"})
                    if fidelity else None,
                    agreement_min)
+
+
+def parts(det: DetectionsLike) -> np.ndarray:
+    """Which of the labeller's boxes lie inside a larger one (`quality.products`).  # [k]"""
+    out = np.ones(len(det.conf), bool)
+    out[products(det).index] = False
+    return out
 
 
 def category_fractions(scores: Sequence[ImageScore]) -> dict[str, float]:

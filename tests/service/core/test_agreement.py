@@ -27,6 +27,14 @@ def test_agreement_is_the_f1_of_a_one_to_one_match():
     assert agreement(BOXES[:1], np.vstack([BOXES[:1], BOXES[:1] + 1])) == pytest.approx(2 / 3)
     empty = np.zeros((0, 4))
     assert agreement(empty, empty) == 1.0 and agreement(BOXES, empty) == 0.0
+    # A box the labeller found inside a product (a label) is no product too many, left over;
+    # a part that is all the labeller found of a product still matches it.
+    label = BOXES[:1] + [[2, 2, -2, -2]]
+    with_label = np.vstack([BOXES, label])
+    assert agreement(BOXES, with_label, np.array([False] * 3 + [True])) == 1.0
+    assert agreement(BOXES, with_label) == pytest.approx(2 * 3 / 7)
+    most = BOXES[:1] + [[1, 1, -1, -1]]  # IoU 0.64 with the product
+    assert agreement(BOXES[:1], most, np.array([True])) == 1.0
 
 
 def test_the_bar_is_the_photos_lowest_less_a_tolerance():

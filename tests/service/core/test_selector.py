@@ -339,3 +339,25 @@ def test_a_distractor_is_not_judged_as_the_skus_product_but_takes_a_place_in_the
                                                              "weakest object 0: confidence 0.90")
     alone = Detections(image.boxes[1:], image.cls[1:], image.conf[1:], (100, 100))
     assert calibration.score(alone, (100, 100), foreign) == (0.0, True, "no objects found")
+    # Two more products of another SKU beside the two bottles: not two bottles too many.
+    crowded = Detections(np.array([[10, 10, 40, 20], [10, 50, 40, 60], [60, 60, 90, 90],
+                                   [60, 10, 90, 40]], np.float32), np.zeros(4, np.int64),
+                         np.full(4, 0.9, np.float32), (100, 100))
+    others = crowded.boxes[2:]
+    assert calibration.score(crowded, (100, 100), others)[0] == 1.0
+    assert calibration.score(crowded, (100, 100))[0] < 1.0  # as bottles, two are too many
+
+
+def test_a_part_boxed_inside_a_product_does_not_count_against_label_agreement():
+    images = np.stack([render(i)[0] for i in range(4)])
+    selector = Selector.fit(images[:3], None)
+    selector.agreement_min = 0.9
+    label = np.array([[10, 10, 40, 20]], np.float32)
+    part = Detections(np.array([[10, 10, 40, 20], [20, 11, 30, 19]], np.float32),
+                      np.array([0, 1]), np.array([0.9, 0.8], np.float32), SIZE)
+    stray = Detections(np.array([[10, 10, 40, 20], [45, 45, 60, 60]], np.float32),
+                       np.array([0, 1]), np.array([0.9, 0.8], np.float32), SIZE)
+    with_part, with_stray = selector.score(np.stack([images[3]] * 2), [part, stray],
+                                           [label, label])
+    assert with_part.agreement == 1.0
+    assert with_stray.agreement < 0.9 and with_stray.category == "white"
