@@ -45,8 +45,8 @@ class SlicedSession:
     scatters the product back into the image (col2im) on one thread, image after image, so
     a transposed-convolution stack keeps half of two threads idle. Slices of the batch, each
     on a one-thread session, run those scatters side by side too. Measured on the 2-core CPU,
-    the thesis generator at batch 64: 93 img/s against 74 with two intra-op threads; the
-    refiner and the labeller gain under 10 %, so they keep one session.
+    the thesis generator at batch 64: 85-93 img/s against 67-79 with two intra-op threads;
+    the refiner and the labeller gain under 10 %, so they keep one session.
 
     A batch smaller than `threads`, or any batch on a GPU provider, runs whole on the
     ordinary session (`open_session`); the one-thread session is opened on first use.

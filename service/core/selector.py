@@ -221,8 +221,9 @@ class Selector:
             "agreement": None if self.agreement_min is None else {
                 "min_f1": self.agreement_min,
                 "rule": "F1 of the labeller's boxes against the image's labels (IoU >= 0.5, "
-                        "class ignored; a box 70 % or more inside a larger one, left over, is a "
-                        "part, not a product too many) >= the photos' lowest - 0.1"},
+                        f"class ignored; a box {CONTAINED:.0%} or more inside a larger one, "
+                        "left over, is a part, not a product too many) >= the photos' lowest "
+                        "- 0.1"},
             "categories": {"red": "novelty < 1",
                            "white": f"fidelity < {FIDELITY_WHITE_BELOW}, labels disagree, "
                                     f"partial object (shape score < {PARTIAL_BELOW}), no "
