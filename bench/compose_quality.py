@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.core.compose import with_distractors
 from service.core.datasets import image_files, read_image
-from service.core.pipeline import ModelCache
+from service.core.pipeline import ModelCache, Pipeline
 from service.core.repository import BASE, LABELLER, ModelRepository
 from service.core.selector import category_fractions
 from service.core.yolo import pixel_boxes, read_rows
@@ -88,9 +87,7 @@ def judge_with_distractors(models: Path, sku: str, other: str, samples: int, siz
     cache = ModelCache(ModelRepository(models))
     entry = cache.repository.resolve(sku)
     session = cache.generator(entry)
-    distractors, _ = with_distractors(session.bank,
-                                      {other: cache.generator(cache.repository.resolve(other))
-                                       .bank}, most=2)
+    distractors, _ = Pipeline(cache).distractors(sku, session, [other], most=2)
     scores = judge_samples(session, cache.selector(entry), cache.load_labeller(), samples,
                            size, distractors=distractors)
     return category_fractions(scores)

@@ -6,7 +6,7 @@ their labels (exact, by construction) out, at any size up to `compose.MAX_SIZE`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from service.core.seeds import image_seeds, stream
 class ComposedLabels(Detections):
     """A composite's labels (confidence 1: by construction), with which are distractors."""
 
-    foreign: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [k] bool
+    foreign: np.ndarray  # [k] bool
 
 
 class ComposeSession:
