@@ -110,12 +110,28 @@ def with_distractors(own: ObjectBank, others: dict[str, ObjectBank], most: int =
 
 @dataclass(frozen=True)
 class Layer:
-    """One placed product on the output canvas."""
+    """One placed product: its alpha over the whole canvas, its pixels over its own box."""
 
     cls: int
-    alpha: np.ndarray  # float32 [H, W]
-    pixels: np.ndarray  # float32 [H, W, 3]
+    alpha: np.ndarray  # float32 [H, W], zero outside the box
+    pixels: np.ndarray  # float32 [h, w, 3]: the box's pixels
+    corner: tuple[int, int]  # the box's top-left (y, x) on the canvas
     foreign: bool = False
+
+    def window(self, margin: int) -> tuple[slice, slice]:
+        """The box widened by `margin` pixels on each side, within the canvas."""
+        (y0, x0), (h, w) = self.corner, self.pixels.shape[:2]
+        height, width = self.alpha.shape
+        return (slice(max(y0 - margin, 0), min(y0 + h + margin, height)),
+                slice(max(x0 - margin, 0), min(x0 + w + margin, width)))
+
+    def pixels_in(self, window: tuple[slice, slice]) -> np.ndarray:
+        """The layer's pixels over `window` (one that holds the box), zero outside the box."""
+        ys, xs = window
+        out = np.zeros((ys.stop - ys.start, xs.stop - xs.start, 3), np.float32)
+        (y0, x0), (h, w) = self.corner, self.pixels.shape[:2]
+        out[y0 - ys.start : y0 - ys.start + h, x0 - xs.start : x0 - xs.start + w] = self.pixels
+        return out
 
 
 @dataclass(frozen=True)
@@ -236,6 +252,7 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
     if apart:  # largest first: small products fill the gaps (bottom-up order is moot here)
         items.sort(key=lambda item: -float((item.obj.alpha > 0).sum()))
     layers: list[Layer] = []
+    wholes: list[int] = []  # each layer's product pixels
     # A product keeps its size relative to the bin: another SKU's bank is scaled by its own
     # width (the same camera and bin, another product).
     for item in items:
@@ -246,6 +263,7 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
         h, w = alpha.shape
         if h >= height or w >= width:
             continue
+        whole = max(int((alpha >= LABEL_ALPHA).sum()), 1)  # its pixels, wherever it lands
         for _ in range(settings.tries):
             cx = _spot(fx0, fx1, w, width, rng)
             cy = _spot(fy0, fy1, h, height, rng)
@@ -257,11 +275,10 @@ def _place(bank: ObjectBank, picks: np.ndarray, shape: tuple[int, int],
             full[y0 : y0 + h, x0 : x0 + w] = alpha
             candidate = [layer.alpha for layer in layers] + [full]
             # Apart, nothing overlaps, so every product is in view whole.
-            if apart or all(s.sum() >= settings.min_visible * max((a >= LABEL_ALPHA).sum(), 1)
-                            for s, a in zip(_visible(candidate), candidate, strict=True)):
-                canvas = np.zeros((height, width, 3), np.float32)
-                canvas[y0 : y0 + h, x0 : x0 + w] = pixels
-                layers.append(Layer(item.cls, full, canvas, item.foreign))
+            if apart or all(shown.sum() >= settings.min_visible * n for shown, n
+                            in zip(_visible(candidate), [*wholes, whole], strict=True)):
+                layers.append(Layer(item.cls, full, pixels, (y0, x0), item.foreign))
+                wholes.append(whole)
                 if apart:
                     taken |= cv2.dilate((full > 0).astype(np.uint8), gap)
                 break
@@ -279,28 +296,44 @@ def _spot(lo: float, hi: float, extent: int, side: int, rng: np.random.Generator
 
 def _draw(image: np.ndarray, layers: list[Layer], settings: ComposeSettings,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The layers drawn over `image` (float32), each with its shadow and blend; returns the
-    image and how much of each pixel is pasted product."""
+    """The layers drawn over `image` (float32, in place), each with its shadow and blend;
+    returns the image and how much of each pixel is pasted product."""
+    # Each step touches only the window its layer can reach (its box, widened by the shadow's
+    # shift and blur): outside it, every step leaves a pixel exactly as it was, and drawing
+    # the whole canvas per layer was a third of a composite's time.
     height, width = image.shape[:2]
     mask = np.zeros((height, width), np.float32)
     for layer in layers:
-        alpha, pixels = layer.alpha, layer.pixels
         if rng.random() < settings.shadow:
-            offset = np.float32([[1, 0, rng.uniform(-1, 1) * 0.01 * width],
-                                 [0, 1, rng.uniform(0.2, 1) * 0.015 * height]])
-            shadow = cv2.warpAffine(alpha, offset, (width, height))
-            shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.008 * width, 0.6))
-            image *= (1 - rng.uniform(*settings.shadow_strength) * shadow)[..., None]
+            dx = rng.uniform(-1, 1) * 0.01 * width
+            dy = rng.uniform(0.2, 1) * 0.015 * height
+            sigma = max(0.008 * width, 0.6)
+            window = layer.window(math.ceil(max(abs(dx), dy)) + 1 + _reach(sigma))
+            shadow = cv2.warpAffine(layer.alpha[window], np.float32([[1, 0, dx], [0, 1, dy]]),
+                                    (window[1].stop - window[1].start,
+                                     window[0].stop - window[0].start))
+            shadow = cv2.GaussianBlur(shadow, (0, 0), sigma)
+            image[window] *= (1 - rng.uniform(*settings.shadow_strength) * shadow)[..., None]
         blend = settings.blends[int(rng.integers(len(settings.blends)))]
-        if blend == "hard":
-            weight = (alpha >= LABEL_ALPHA).astype(np.float32)
-        elif blend == "blurred":
-            weight = cv2.GaussianBlur(alpha, (0, 0), max(0.004 * width, 0.5))
+        if blend == "blurred":
+            sigma = max(0.004 * width, 0.5)
+            window = layer.window(_reach(sigma))
+            weight = cv2.GaussianBlur(layer.alpha[window], (0, 0), sigma)
         else:
-            weight = alpha
-        image = image * (1 - weight[..., None]) + pixels * weight[..., None]
-        mask = np.maximum(mask, weight)
+            window = layer.window(0)
+            alpha = layer.alpha[window]
+            weight = (alpha >= LABEL_ALPHA).astype(np.float32) if blend == "hard" else alpha
+        image[window] = (image[window] * (1 - weight[..., None])
+                         + layer.pixels_in(window) * weight[..., None])
+        mask[window] = np.maximum(mask[window], weight)
     return image, mask
+
+
+def _reach(sigma: float) -> int:
+    """A margin for OpenCV's Gaussian blur of float images on a window: twice its kernel's
+    radius (4 sigma), so the window's border reflects zeros. Measured: with one radius the
+    mask differed from the whole canvas' in the 9th digit; with two it is the same."""
+    return 2 * (math.ceil(4 * sigma) + 1)
 
 
 def compose(bank: ObjectBank, size: int, rng: np.random.Generator,

@@ -12,6 +12,7 @@ import pytest
 from service.core.compose import (
     LABEL_ALPHA,
     ComposeSettings,
+    _draw,
     _pick,
     _place,
     compose,
@@ -97,6 +98,42 @@ def test_products_stay_apart_when_the_photos_show_no_overlaps():
             solid = np.stack([layer.alpha >= LABEL_ALPHA for layer in layers]).sum(axis=0)
             hidden[name] += int((solid > 1).sum())
     assert hidden["apart"] == 0 and hidden["piled"] > 0
+
+
+@pytest.mark.parametrize("blend", ["hard", "feathered", "blurred"])
+def test_each_layer_is_drawn_on_its_window_as_on_the_whole_canvas(blend: str):
+    # `_draw` touches only the pixels a layer's shadow and blend can reach: the same image and
+    # mask as drawing each step over the whole canvas (the shadow's sub-pixel shift may round
+    # a hair differently on a window).
+    bank, size = flat_bank(), (240, 320)
+    settings = dataclasses.replace(PLAIN, shadow=1.0, blends=(blend,))
+    rng = np.random.default_rng(6)
+    for _ in range(5):
+        layers = _place(bank, _pick(bank, settings, rng), size, settings, rng)
+        floor = rng.uniform(60, 200, (*size, 3)).astype(np.float32)
+        state = rng.bit_generator.state
+        image, mask = _draw(floor.copy(), layers, settings, rng)
+        rng.bit_generator.state = state
+        whole, whole_mask = floor.copy(), np.zeros(size, np.float32)
+        for layer in layers:
+            rng.random()  # shadow or not: always, here
+            dx, dy = rng.uniform(-1, 1) * 0.01 * size[1], rng.uniform(0.2, 1) * 0.015 * size[0]
+            shadow = cv2.warpAffine(layer.alpha, np.float32([[1, 0, dx], [0, 1, dy]]),
+                                    size[::-1])
+            shadow = cv2.GaussianBlur(shadow, (0, 0), max(0.008 * size[1], 0.6))
+            whole *= (1 - rng.uniform(*settings.shadow_strength) * shadow)[..., None]
+            rng.integers(1)  # the blend drawn
+            weight = {"hard": (layer.alpha >= LABEL_ALPHA).astype(np.float32),
+                      "feathered": layer.alpha,
+                      "blurred": cv2.GaussianBlur(layer.alpha, (0, 0),
+                                                  max(0.004 * size[1], 0.5))}[blend]
+            pixels = np.zeros((*size, 3), np.float32)
+            ys, xs = layer.window(0)
+            pixels[ys, xs] = layer.pixels
+            whole = whole * (1 - weight[..., None]) + pixels * weight[..., None]
+            whole_mask = np.maximum(whole_mask, weight)
+        assert np.array_equal(mask, whole_mask)
+        assert np.abs(image - whole).max() < 0.5
 
 
 def test_products_kept_apart_leave_floor_between_them():
