@@ -92,7 +92,8 @@ class Boxgen:
         self.repository = ModelRepository(self.settings.models)
         self.cache = ModelCache(self.repository, self.settings.generator_cache)
         self.pipeline = Pipeline(self.cache, self.settings.max_tries_factor,
-                                 Batcher(observe=metrics.record_batch))
+                                 Batcher(observe=metrics.record_batch),
+                                 self.settings.compose_slots or None)
         self.jobs = JobStore(self.settings.models)
         self.runner = JobRunner(self.jobs, self.settings.finetune_args)
         watch_server(self.runner.abandon)  # this worker dies with `boxgen serve`

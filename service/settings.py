@@ -30,6 +30,7 @@ def _int_env(name: str, default: int) -> int:
 # BentoML threads per worker for the API: requests working at once. Inference runs one network
 # call at a time whatever this is; requests in flight together share those calls
 # (`service.core.batching`), so more threads make larger shared batches, not contention.
+# Compose requests, whose work is mostly their own CPU work, run `compose_slots` at a time.
 REQUEST_THREADS = 32
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class ServiceSettings:
     # /generate requests one worker holds at once (working or waiting for one of its
     # REQUEST_THREADS); one more is refused at once with 503 and Retry-After (BOXGEN_MAX_IN_FLIGHT).
     max_in_flight: int = 64
+    # Compose requests one worker runs at once; the others wait their turn (BOXGEN_COMPOSE_SLOTS;
+    # 0: its CPU threads + 1, see `service.core.pipeline.Pipeline`).
+    compose_slots: int = 0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -66,6 +70,7 @@ class ServiceSettings:
             max_iterations=_int_env("BOXGEN_MAX_ITERATIONS", cls.max_iterations),
             finetune_args=tuple(shlex.split(os.environ.get("BOXGEN_FINETUNE_ARGS", ""))),
             max_in_flight=_int_env("BOXGEN_MAX_IN_FLIGHT", cls.max_in_flight),
+            compose_slots=_int_env("BOXGEN_COMPOSE_SLOTS", cls.compose_slots),
         )
 
 

@@ -27,6 +27,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from service.core.cards import GeneratorCard
 from service.core.compose import DEFAULT_SIZE, Distractors, with_distractors
 from service.core.compose_session import ComposeSession
 from service.core.datasets import write_dataset
+from service.core.devices import session_threads
 from service.core.gan_session import GeneratorSession
 from service.core.labeller_session import Detections, LabellerSession
 from service.core.object_bank import BANK_DIR, ObjectBank
@@ -228,14 +230,25 @@ class Pipeline:
     concurrent requests for the same model share their calls, while uploads and job queries
     go on. Each model and `select` keeps the pass rate its requests saw, so the next request's
     first round asks for about as many images as it needs.
+
+    Compose requests run at most `compose_slots` at a time (default: the worker's CPU threads
+    + 1); the rest wait their turn in order. Their time goes to composing and judging, CPU
+    work in the request's own thread: sixteen at once only contend for the cores and the GIL
+    (measured on 2 CPUs, 16 clients asking n=1 over HTTP: 93 img/s with 2 or 3 slots, 76
+    with none, p99 latency 0.31 s against 0.41). A gan request's time goes to the network
+    calls it shares with others, so it takes no slot: the more in flight, the larger the
+    shared batch.
     """
 
     def __init__(self, cache: ModelCache, max_tries_factor: int = 20,
-                 batcher: Batcher | None = None):
+                 batcher: Batcher | None = None, compose_slots: int | None = None):
         self.cache = cache
         self.max_tries_factor = max_tries_factor
         self.batcher = batcher or Batcher()
         self.pass_rates: dict[tuple[Any, ...], float] = {}
+        if compose_slots is not None and compose_slots < 1:
+            raise ValueError(f"compose_slots must be at least 1, got {compose_slots}")
+        self.compose_slots = threading.BoundedSemaphore(compose_slots or session_threads() + 1)
 
     def generate(self, sku: str, n: int, seed: int | None = None, version: int | None = None,
                  select: str = "green", size: int | None = None,
@@ -266,7 +279,7 @@ class Pipeline:
 
             def sample(seeds: list[int]) -> tuple[np.ndarray, list[Detections]]:
                 # Composing is numpy and OpenCV, not a network call: it runs in this request's
-                # thread, beside other requests' composing and the batched network calls.
+                # thread, beside the other compose slots' and the batched network calls.
                 images, masks, labels = session.compose(seeds, side, pool)
                 if session.refiner is not None and len(images):
                     images = self.batcher.run(("sample", id(session), side),
@@ -274,6 +287,18 @@ class Pipeline:
                                               lambda pairs: refine(session, pairs))
                 return images, labels
 
+        with self.compose_slots if isinstance(session, ComposeSession) else nullcontext():
+            return self._selected(entry, session, sample, classes, n, seed, select,
+                                  (side, tuple(distractors), max_distractors if distractors
+                                   else None))
+
+    def _selected(self, entry: ModelVersion, session: Session,
+                  sample: Callable[[list[int]], Any], classes: list[str] | None, n: int,
+                  seed: int | None, select: str, request_key: tuple[Any, ...]) -> Generated:
+        """`generate` once the model is resolved: `sample(seeds)` makes images (compose: and
+        their labels, named by `classes`); `request_key` tells requests whose pass rates
+        differ apart (size, distractors)."""
+        sku = entry.name
         stream_seeds = image_seeds(stream(seed), 0, n)
         if select == "none" and isinstance(session, ComposeSession):
             images, labels = sample(stream_seeds)  # labels by construction: no labeller needed
@@ -290,8 +315,7 @@ class Pipeline:
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
                              classes, [None] * len(images), len(images), len(images))
 
-        rate_key = (entry.name, entry.version, entry.stamp, select, side, tuple(distractors),
-                    max_distractors if distractors else None)
+        rate_key = (entry.name, entry.version, entry.stamp, select, *request_key)
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
                                  max_tries=n * self.max_tries_factor,
                                  expected_rate=self.pass_rates.get(rate_key, 1.0))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,3 +173,35 @@ def test_concurrent_requests_share_calls_and_get_what_each_would_alone(published
         assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
         assert [d.boxes.tolist() for d in a.detections] == [d.boxes.tolist() for d in b.detections]
     assert shared.batcher.stats.jobs > shared.batcher.stats.calls  # some calls were shared
+
+
+def test_compose_requests_take_turns_in_their_slots(published, root: Path):
+    """At most `compose_slots` compose requests work at once; the others wait their turn and
+    still get the images their seeds name."""
+    pipeline = Pipeline(ModelCache(ModelRepository(root / "models")), compose_slots=2)
+    session = pipeline.cache.generator(pipeline.cache.repository.resolve("tea-box"))
+    compose, working, most, lock = session.compose, [0], [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        with lock:
+            working[0] += 1
+            most[0] = max(most[0], working[0])
+        try:
+            time.sleep(0.05)  # long enough for every thread to arrive
+            return compose(*args, **kwargs)
+        finally:
+            with lock:
+                working[0] -= 1
+
+    session.compose = counted
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda s: pipeline.generate("tea-box", 2, seed=s, select="none"),
+                            range(6)))
+    assert most[0] == 2
+    alone = Pipeline(ModelCache(ModelRepository(root / "models")))
+    for seed, result in enumerate(got):
+        expected = alone.generate("tea-box", 2, seed=seed, select="none")
+        assert all(np.array_equal(a, b) for a, b in zip(expected.images, result.images,
+                                                        strict=True))
+    with pytest.raises(ValueError, match="compose_slots"):
+        Pipeline(pipeline.cache, compose_slots=0)
