@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.compose import DEFAULT_SIZE, ComposeSettings, Distractors, compose
+from service.core.cpu_pool import cpu_map
 from service.core.labeller_session import Detections
 from service.core.object_bank import ObjectBank
 from service.core.refiner_session import RefinerSession
@@ -48,10 +49,10 @@ class ComposeSession:
     def compose(self, seeds: list[int], size: int = DEFAULT_SIZE,
                 distractors: Distractors | None = None
                 ) -> tuple[np.ndarray, np.ndarray, list[ComposedLabels]]:
-        """One composite per seed (`service.core.seeds`) before refinement: (images uint8
-        [n, H, W, 3], masks float32 [n, H, W], labels)."""
-        composites = [compose(self.bank, size, np.random.default_rng(s), self.settings,
-                              distractors) for s in seeds]
+        """One composite per seed (`service.core.seeds`) before refinement, over the worker's
+        CPU threads: (images uint8 [n, H, W, 3], masks float32 [n, H, W], labels)."""
+        composites = cpu_map(lambda s: compose(self.bank, size, np.random.default_rng(s),
+                                               self.settings, distractors), seeds)
         labels = [ComposedLabels(c.boxes, c.cls, np.ones(len(c.cls), np.float32),
                                  c.image.shape[:2], c.foreign) for c in composites]
         if not composites:

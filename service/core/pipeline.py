@@ -38,6 +38,7 @@ from service.core.batching import Batcher
 from service.core.cards import GeneratorCard
 from service.core.compose import DEFAULT_SIZE, Distractors, with_distractors
 from service.core.compose_session import ComposeSession
+from service.core.cpu_pool import single_threaded_blas
 from service.core.datasets import write_dataset
 from service.core.devices import session_threads
 from service.core.gan_session import GeneratorSession
@@ -249,6 +250,7 @@ class Pipeline:
         if compose_slots is not None and compose_slots < 1:
             raise ValueError(f"compose_slots must be at least 1, got {compose_slots}")
         self.compose_slots = threading.BoundedSemaphore(compose_slots or session_threads() + 1)
+        single_threaded_blas()
 
     def generate(self, sku: str, n: int, seed: int | None = None, version: int | None = None,
                  select: str = "green", size: int | None = None,

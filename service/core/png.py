@@ -11,19 +11,15 @@ smaller too. Still lossless.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
+from service.core.cpu_pool import cpu_map
+
 PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG,
           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def encode(image: np.ndarray) -> bytes:
@@ -38,12 +34,5 @@ def encode(image: np.ndarray) -> bytes:
 
 
 def encode_all(images: Sequence[np.ndarray] | np.ndarray) -> list[bytes]:
-    """`encode` of each image, in order, spread over a pool of one thread per core (made on
-    first use, shared by the process' requests)."""
-    global _pool
-    if len(images) < 2:
-        return [encode(image) for image in images]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="png")
-    return list(_pool.map(encode, images))
+    """`encode` of each image, in order, over the worker's CPU threads (`cpu_pool`)."""
+    return cpu_map(encode, images)
