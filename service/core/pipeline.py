@@ -235,8 +235,8 @@ class Pipeline:
     Compose requests run at most `compose_slots` at a time (default: the worker's CPU threads
     + 1); the rest wait their turn in order. Their time goes to composing and judging, CPU
     work in the request's own thread: sixteen at once only contend for the cores and the GIL
-    (measured on 2 CPUs, 16 clients asking n=1 over HTTP: 93 img/s with 2 or 3 slots, 76
-    with none, p99 latency 0.31 s against 0.41). A gan request's time goes to the network
+    (measured on 2 CPUs, 16 clients asking n=1 over HTTP: 88-93 img/s with 2 or 3 slots,
+    76 with none, p99 latency 0.31 s against 0.41). A gan request's time goes to the network
     calls it shares with others, so it takes no slot: the more in flight, the larger the
     shared batch.
     """
@@ -289,17 +289,17 @@ class Pipeline:
                                               lambda pairs: refine(session, pairs))
                 return images, labels
 
+        # Requests that share a pass rate: the same version, select, size and distractors.
+        rate_key = (entry.name, entry.version, entry.stamp, select, side, tuple(distractors),
+                    max_distractors if distractors else None)
         with self.compose_slots if isinstance(session, ComposeSession) else nullcontext():
-            return self._selected(entry, session, sample, classes, n, seed, select,
-                                  (side, tuple(distractors), max_distractors if distractors
-                                   else None))
+            return self._selected(entry, session, sample, classes, n, seed, select, rate_key)
 
     def _selected(self, entry: ModelVersion, session: Session,
                   sample: Callable[[list[int]], Any], classes: list[str] | None, n: int,
-                  seed: int | None, select: str, request_key: tuple[Any, ...]) -> Generated:
+                  seed: int | None, select: str, rate_key: tuple[Any, ...]) -> Generated:
         """`generate` once the model is resolved: `sample(seeds)` makes images (compose: and
-        their labels, named by `classes`); `request_key` tells requests whose pass rates
-        differ apart (size, distractors)."""
+        their labels, named by `classes`)."""
         sku = entry.name
         stream_seeds = image_seeds(stream(seed), 0, n)
         if select == "none" and isinstance(session, ComposeSession):
@@ -317,7 +317,6 @@ class Pipeline:
             return Generated(sku, entry.version, "none", seed, list(images), label(images),
                              classes, [None] * len(images), len(images), len(images))
 
-        rate_key = (entry.name, entry.version, entry.stamp, select, *request_key)
         result = sample_selected(sample, label, self.cache.selector(entry), n, seed, select,
                                  max_tries=n * self.max_tries_factor,
                                  expected_rate=self.pass_rates.get(rate_key, 1.0))
