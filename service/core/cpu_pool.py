@@ -25,23 +25,30 @@ from service.core.devices import session_threads
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-_pool: ThreadPoolExecutor | None = None
+_pool: ThreadPoolExecutor | None = None  # None with one thread: items run in the caller
+_threads = 0  # the worker's CPU threads, read on first use (0: not yet)
 _lock = threading.Lock()
+
+
+def _shared_pool() -> ThreadPoolExecutor | None:
+    global _pool, _threads
+    with _lock:
+        if not _threads:
+            _threads = session_threads()
+            if _threads > 1:
+                _pool = ThreadPoolExecutor(_threads, thread_name_prefix="cpu")
+    return _pool
 
 
 def cpu_map(fn: Callable[[Item], Result], items: Iterable[Item]) -> list[Result]:
     """`[fn(item) for item in items]`, in order, the items spread over the pool's threads
     (one item, or one thread, runs here). `fn` must not call `cpu_map`: the pool's threads
     would wait on themselves."""
-    global _pool
     items = list(items)
-    threads = session_threads()
-    if len(items) < 2 or threads < 2:
+    pool = _shared_pool() if len(items) > 1 else None
+    if pool is None:
         return [fn(item) for item in items]
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="cpu")
-    return list(_pool.map(fn, items))
+    return list(pool.map(fn, items))
 
 
 def single_threaded_blas() -> None:

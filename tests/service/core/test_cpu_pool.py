@@ -13,6 +13,7 @@ def test_results_come_in_order_from_as_many_threads_as_the_worker_may_use(monkey
                                                                            threads: int):
     monkeypatch.setenv(THREADS_ENV, str(threads))
     monkeypatch.setattr(cpu_pool, "_pool", None)
+    monkeypatch.setattr(cpu_pool, "_threads", 0)  # made again, for this many threads
     names = set()
 
     def square(x: int) -> int:
