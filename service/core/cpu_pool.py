@@ -1,7 +1,8 @@
 """The CPU threads of a worker: one pool for a request's images, and numpy's BLAS at one thread.
 
-PNG encoding and composing are OpenCV and numpy on whole images, which release the GIL, and
-each image stands alone, so a request's images run on every CPU thread the worker may use
+PNG encoding, composing and the generator's batch slices (`onnx_session.SlicedSession`) are
+OpenCV, numpy and onnxruntime on whole images, which release the GIL, and each image stands
+alone, so a request's images run on every CPU thread the worker may use
 (`devices.session_threads`) at once. The pool is made on first use and shared by the worker's
 requests.
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from service.core.cpu_pool import cpu_map
 from service.core.devices import cpu_forced, session_threads
 
 
@@ -49,7 +49,8 @@ class SlicedSession:
     the refiner and the labeller gain under 10 %, so they keep one session.
 
     A batch smaller than `threads`, or any batch on a GPU provider, runs whole on the
-    ordinary session (`open_session`); the one-thread session is opened on first use.
+    ordinary session (`open_session`); the one-thread session is opened on first use. The
+    slices run on the worker's CPU threads (`cpu_pool`).
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
@@ -59,7 +60,6 @@ class SlicedSession:
         on_cpu = self.whole.get_providers()[0] == "CPUExecutionProvider"
         self.slicing = on_cpu and self.threads > 1
         self._sliced: ort.InferenceSession | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def get_inputs(self) -> list[ort.NodeArg]:
@@ -77,10 +77,9 @@ class SlicedSession:
         with self._lock:
             if self._sliced is None:
                 self._sliced = open_session(self.path, threads=1)
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-slice")
         bounds = np.linspace(0, batch, self.threads + 1).astype(int)
         slices = [{name: value[a:b] for name, value in feeds.items()}
                   for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         # onnxruntime releases the GIL while it runs: the slices run on every thread at once.
-        parts = list(self._pool.map(lambda f: self._sliced.run(output_names, f), slices))
+        parts = cpu_map(lambda f: self._sliced.run(output_names, f), slices)
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
