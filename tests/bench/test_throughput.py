@@ -37,8 +37,10 @@ def test_quick_run_reports_every_mode_and_recipe(tmp_path):
         assert shares["label"] > 0 and shares["encode"] > 0
         assert shares["compose" if recipe == "compose" else "generate"] > 0
         assert figures["peak_rss_mb"] > 0
+        assert figures["http16"]["client_cpu_ms_per_request"] > 0
     table = out.read_text()
     assert "| compose (green) |" in table and "| gan (none) |" in table
+    assert "ms of CPU a request" in table
     assert "p50 / p99" in table and "peak RSS" in table and "served / tried" in table
     with Image.open(out.with_suffix(".png")) as chart:
         assert chart.size[0] > 300
