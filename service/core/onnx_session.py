@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.core.cpu_pool import cpu_map
+from service.core.cpu_pool import cpu_map, pool_threads
 from service.core.devices import cpu_forced, session_threads
 
 
@@ -48,15 +48,16 @@ class SlicedSession:
     the thesis generator at batch 64: 85-93 img/s against 67-79 with two intra-op threads;
     the refiner and the labeller gain under 10 %, so they keep one session.
 
-    A batch smaller than `threads`, or any batch on a GPU provider, runs whole on the
-    ordinary session (`open_session`); the one-thread session is opened on first use. The
-    slices run on the worker's CPU threads (`cpu_pool`).
+    A batch smaller than `threads` (default: the worker's CPU pool, `cpu_pool.pool_threads`),
+    or any batch on a GPU provider, runs whole on the ordinary session (`open_session`, the
+    worker's share of the CPUs); the one-thread session is opened on first use. The slices run
+    on the worker's CPU pool.
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         self.path = Path(path)
         self.whole = open_session(path, threads)
-        self.threads = threads or session_threads()
+        self.threads = threads or pool_threads()
         on_cpu = self.whole.get_providers()[0] == "CPUExecutionProvider"
         self.slicing = on_cpu and self.threads > 1
         self._sliced: ort.InferenceSession | None = None

@@ -5,13 +5,15 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from service.core import cpu_pool
-from service.core.devices import THREADS_ENV
+from service.core.devices import THREADS_ENV, WORKERS_ENV
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_results_come_in_order_from_as_many_threads_as_the_worker_may_use(monkeypatch,
-                                                                           threads: int):
-    monkeypatch.setenv(THREADS_ENV, str(threads))
+def test_results_come_in_order_from_a_thread_per_cpu_of_the_process(monkeypatch,
+                                                                    threads: int):
+    monkeypatch.setattr(cpu_pool, "cpu_budget", lambda: threads)
+    monkeypatch.setenv(THREADS_ENV, "1")  # onnxruntime's share: not the pool's size
+    monkeypatch.setenv(WORKERS_ENV, "2")
     monkeypatch.setattr(cpu_pool, "_pool", None)
     monkeypatch.setattr(cpu_pool, "_threads", 0)  # made again, for this many threads
     names = set()
@@ -23,6 +25,7 @@ def test_results_come_in_order_from_as_many_threads_as_the_worker_may_use(monkey
 
     assert cpu_pool.cpu_map(square, range(8)) == [x * x for x in range(8)]
     assert len(names) == threads
+    assert cpu_pool.pool_threads() == threads
     assert cpu_pool.cpu_map(square, []) == []
 
 
