@@ -57,6 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test helpers (`tests.*`) are not an installed package
 
+from service.core.devices import cpu_budget  # noqa: E402
 from service.core.onnx_session import providers  # noqa: E402
 from service.core.pipeline import ModelCache, Pipeline  # noqa: E402
 from service.core.repository import LABELLER, ModelRepository  # noqa: E402
@@ -226,11 +227,11 @@ class Client:
                                                      timeout=timeout)
         self.headers = {**server.headers, "Content-Type": "application/json"}
 
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """(status, parsed JSON answer) of a POST of `body`."""
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """(status, answer) of a POST of `body` as JSON."""
         self.connection.request("POST", path, json.dumps(body), self.headers)
         response = self.connection.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, response.read()
 
     def __enter__(self) -> Client:
         return self
@@ -242,7 +243,7 @@ class Client:
 def generated(client: Client, body: dict[str, Any]) -> int | None:
     """Images in `/generate`'s answer to `body`; None when it was not a 200."""
     status, answer = client.post("/generate", body)
-    return len(answer["images"]) if status == 200 else None
+    return len(json.loads(answer)["images"]) if status == 200 else None
 
 
 def http_one_client(server: Any, sku: str, settings: Settings, size: int | None
@@ -342,10 +343,6 @@ def serve_and_measure(models: Path, recipe: str, settings: Settings, modes: list
 
 
 # ----------------------------------------------------------------------- report
-def cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -378,10 +375,12 @@ def report(record: dict[str, Any]) -> str:
             f"{fmt(ratio, 2)} | {fmt(r.get('peak_rss_mb'), 0)} |")
     clients = {recipe: r["http16"] for recipe, r in record["recipes"].items() if "http16" in r}
     if clients:
+        machine = [100 * h["client_cpu_s"] / h["seconds"] / cpu_budget() for h in clients.values()]
         lines += ["", f"The {s.clients} clients ran on this machine too, at nice 19: "
                   + "; ".join(f"{recipe} {h['client_cpu_ms_per_request']:.2f} ms of CPU a "
-                              f"request ({100 * h['client_cpu_s'] / h['seconds'] / cpus():.0f} "
-                              "% of the machine)" for recipe, h in clients.items()) + "."]
+                              f"request ({share:.0f} % of the machine)"
+                              for (recipe, h), share in zip(clients.items(), machine, strict=True))
+                  + "."]
     lines += ["", f"Share of direct n={s.n} time per stage (select: the judge and sampling "
               "rounds, the rest of `Pipeline.generate`; encode: JSON with base64 PNGs):", "",
               "| recipe | " + " | ".join(STAGES) + " | served / tried |",
