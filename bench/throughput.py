@@ -246,22 +246,26 @@ def generated(client: Client, body: dict[str, Any]) -> int | None:
     return len(json.loads(answer)["images"]) if status == 200 else None
 
 
+def served(client: Client, body: dict[str, Any]) -> int:
+    """`generated`, which must succeed."""
+    images = generated(client, body)
+    if images is None:
+        raise RuntimeError(f"/generate failed for {body}")
+    return images
+
+
 def http_one_client(server: Any, sku: str, settings: Settings, size: int | None
                     ) -> dict[str, Any]:
     """One client, n=`settings.n` per request, `settings.repeats` requests after a warm-up."""
     body = {"sku": sku, "n": settings.n, "select": SELECT[sku.split("-")[0]], "size": size}
     latencies, images = [], 0
     with Client(server) as client:
-        if generated(client, {**body, "seed": 0}) is None:
-            raise RuntimeError(f"/generate failed for {body}")
+        served(client, {**body, "seed": 0})
         started = time.perf_counter()
         for seed in range(1, settings.repeats + 1):
             sent = time.perf_counter()
-            got = generated(client, {**body, "seed": seed})
-            if got is None:
-                raise RuntimeError(f"/generate failed for {body}")
+            images += served(client, {**body, "seed": seed})
             latencies.append(time.perf_counter() - sent)
-            images += got
         elapsed = time.perf_counter() - started
     return {**latency_figures(latencies, images, elapsed, 0), "n": settings.n}
 
@@ -334,9 +338,8 @@ def serve_and_measure(models: Path, recipe: str, settings: Settings, modes: list
             figures["http16"] = http_many_clients(server, f"{recipe}-0", settings, size)
         with Client(server) as client:
             for k in range(settings.skus):
-                body = {"sku": f"{recipe}-{k}", "n": 1, "size": size, "select": SELECT[recipe]}
-                if generated(client, body) is None:
-                    raise RuntimeError(f"/generate failed for {body}")
+                served(client, {"sku": f"{recipe}-{k}", "n": 1, "size": size,
+                                 "select": SELECT[recipe]})
         figures["peak_rss_mb"] = peak_rss_mb(server.processes())
         figures["processes"] = len(server.processes())
     return figures

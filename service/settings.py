@@ -51,7 +51,7 @@ class ServiceSettings:
     # REQUEST_THREADS); one more is refused at once with 503 and Retry-After (BOXGEN_MAX_IN_FLIGHT).
     max_in_flight: int = 64
     # Compose requests one worker runs at once; the others wait their turn (BOXGEN_COMPOSE_SLOTS;
-    # 0: its CPU threads + 1, see `service.core.pipeline.Pipeline`).
+    # 0: its share of the CPUs + 1, see `service.core.pipeline.Pipeline`).
     compose_slots: int = 0
 
     @classmethod

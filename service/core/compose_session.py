@@ -49,8 +49,8 @@ class ComposeSession:
     def compose(self, seeds: list[int], size: int = DEFAULT_SIZE,
                 distractors: Distractors | None = None
                 ) -> tuple[np.ndarray, np.ndarray, list[ComposedLabels]]:
-        """One composite per seed (`service.core.seeds`) before refinement, over the worker's
-        CPU threads: (images uint8 [n, H, W, 3], masks float32 [n, H, W], labels)."""
+        """One composite per seed (`service.core.seeds`) before refinement, on the worker's
+        CPU pool (`cpu_pool`): (images uint8 [n, H, W, 3], masks float32 [n, H, W], labels)."""
         composites = cpu_map(lambda s: compose(self.bank, size, np.random.default_rng(s),
                                                self.settings, distractors), seeds)
         labels = [ComposedLabels(c.boxes, c.cls, np.ones(len(c.cls), np.float32),

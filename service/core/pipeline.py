@@ -232,8 +232,8 @@ class Pipeline:
     go on. Each model and `select` keeps the pass rate its requests saw, so the next request's
     first round asks for about as many images as it needs.
 
-    Compose requests run at most `compose_slots` at a time (default: the worker's CPU threads
-    + 1); the rest wait their turn in order. Their time goes to composing and judging, CPU
+    Compose requests run at most `compose_slots` at a time (default: the worker's share of
+    the CPUs + 1); the rest wait their turn in order. Their time goes to composing and judging, CPU
     work in the request's own thread: sixteen at once only contend for the cores and the GIL
     (measured on 2 CPUs, 16 clients asking n=1 over HTTP: 88-93 img/s with 2 or 3 slots,
     76 with none, p99 latency 0.31 s against 0.41). A gan request's time goes to the network

@@ -34,5 +34,5 @@ def encode(image: np.ndarray) -> bytes:
 
 
 def encode_all(images: Sequence[np.ndarray] | np.ndarray) -> list[bytes]:
-    """`encode` of each image, in order, over the worker's CPU threads (`cpu_pool`)."""
+    """`encode` of each image, in order, on the worker's CPU pool (`cpu_pool`)."""
     return cpu_map(encode, images)
