@@ -17,10 +17,11 @@ one-group labeller, trained here in ~1 min) and, per recipe, `--skus` copies of 
 Modes, each counting images served (after selection) per second of wall time:
 
 - `direct`: `Pipeline.generate` + the JSON encoding (`service.responses.to_json`: PNG,
-  base64) in this process, n=`--n` per call, and once more at n=`--clients` as the reference
-  for the many-clients mode; per stage, the share of time spent composing, refining or
-  generating, labelling, selecting (the rest of `generate`) and encoding, timed by wrapping
-  the session methods here, not in product code;
+  base64) in this process, n=`--n` per call, and at n=`--clients` as the reference for the
+  many-clients mode (before the server and again after it: the ratio takes the mean); per
+  stage, the share of time spent composing, refining or generating, labelling, selecting (the
+  rest of `generate`) and encoding, timed by wrapping the session methods here, not in product
+  code;
 - `http1`: one client asking n=`--n` per request of a real server (`boxgen serve`);
 - `http16`: `--clients` concurrent clients asking n=1 each, repeatedly, for `--duration` s.
 
@@ -346,6 +347,13 @@ def serve_and_measure(models: Path, recipe: str, settings: Settings, modes: list
 
 
 # ----------------------------------------------------------------------- report
+def reference(figures: dict[str, Any]) -> float | None:
+    """The 16-client mode's reference: direct n=clients img/s, the mean of the runs before and
+    after the server (either alone when only one ran)."""
+    rates = [figures[k]["img_s"] for k in ("direct_ref", "direct_ref_after") if k in figures]
+    return statistics.mean(rates) if rates else None
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -356,8 +364,9 @@ def report(record: dict[str, Any]) -> str:
     lines = [
         f"Labelled images per second served, {s.size} px, onnxruntime {record['providers']}; "
         f"direct n={s.n}: median of {s.repeats} calls, n={s.clients}: calls for "
-        f"{s.duration:g} s; HTTP: {s.workers} worker(s), one client "
-        f"n={s.n} ({s.repeats} requests), {s.clients} clients n=1 each for {s.duration:g} s.",
+        f"{s.duration:g} s before the server and again after it, the mean; HTTP: {s.workers} "
+        f"worker(s), one client n={s.n} ({s.repeats} requests), {s.clients} clients n=1 each "
+        f"for {s.duration:g} s.",
         "",
         f"| recipe (select) | direct n={s.n} | direct n={s.clients} | HTTP 1 client n={s.n} "
         f"| p50 / p99 s | HTTP {s.clients} clients n=1 | p50 / p99 s "
@@ -365,15 +374,15 @@ def report(record: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for recipe, r in record["recipes"].items():
-        d, ref = r.get("direct", {}), r.get("direct_ref", {})
+        d, ref = r.get("direct", {}), reference(r)
         h1, h16 = r.get("http1", {}), r.get("http16", {})
-        ratio = h16["img_s"] / ref["img_s"] if h16 and ref else None
+        ratio = h16["img_s"] / ref if h16 and ref else None
 
         def lat(h: dict[str, Any]) -> str:
             return f"{h['p50_s']:.3f} / {h['p99_s']:.3f}" if h else "–"
 
         lines.append(
-            f"| {recipe} ({r['select']}) | {fmt(d.get('img_s'))} | {fmt(ref.get('img_s'))} | "
+            f"| {recipe} ({r['select']}) | {fmt(d.get('img_s'))} | {fmt(ref)} | "
             f"{fmt(h1.get('img_s'))} | {lat(h1)} | {fmt(h16.get('img_s'))} | {lat(h16)} | "
             f"{fmt(ratio, 2)} | {fmt(r.get('peak_rss_mb'), 0)} |")
     clients = {recipe: r["http16"] for recipe, r in record["recipes"].items() if "http16" in r}
@@ -384,6 +393,11 @@ def report(record: dict[str, Any]) -> str:
                               f"request ({share:.0f} % of the machine)"
                               for (recipe, h), share in zip(clients.items(), machine, strict=True))
                   + "."]
+    refs = {recipe: r for recipe, r in record["recipes"].items() if "direct_ref_after" in r}
+    if refs:
+        lines += ["", f"Direct n={s.clients} before / after the server: " + "; ".join(
+            f"{recipe} {r['direct_ref']['img_s']:.1f} / {r['direct_ref_after']['img_s']:.1f} "
+            "img/s" for recipe, r in refs.items()) + "."]
     lines += ["", f"Share of direct n={s.n} time per stage (select: the judge and sampling "
               "rounds, the rest of `Pipeline.generate`; encode: JSON with base64 PNGs):", "",
               "| recipe | " + " | ".join(STAGES) + " | served / tried |",
@@ -405,12 +419,13 @@ def chart(record: dict[str, Any], out: Path) -> None:
 
     s = Settings(**record["settings"])
     recipes = list(record["recipes"])
-    columns = [("direct", f"direct n={s.n}"), ("direct_ref", f"direct n={s.clients}"),
+    columns = [("direct", f"direct n={s.n}"), ("reference", f"direct n={s.clients}"),
                ("http1", f"HTTP 1×n={s.n}"), ("http16", f"HTTP {s.clients}×n=1")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(columns)
     for i, (key, label) in enumerate(columns):
-        rates = [record["recipes"][r].get(key, {}).get("img_s", 0.0) for r in recipes]
+        rates = [(reference(record["recipes"][r]) or 0.0) if key == "reference" else
+                 record["recipes"][r].get(key, {}).get("img_s", 0.0) for r in recipes]
         left.bar(np.arange(len(recipes)) + i * width, rates, width, label=label)
     left.set_xticks(np.arange(len(recipes)) + width * (len(columns) - 1) / 2, recipes)
     left.set_ylabel("labelled images / s")
@@ -464,6 +479,17 @@ def run(settings: Settings, modes: list[str], labeller_from: Path | None, out: P
                 size = settings.size if recipe == "compose" else None
                 record["recipes"][recipe].update(
                     serve_and_measure(models, recipe, settings, modes, size))
+        if {"direct", "http16"} <= set(modes):
+            # The reference again, after the server: this machine's speed drifts by ~10 %
+            # over minutes (direct n=16 146-166 img/s in four runs of one day, the 16 clients
+            # 134-135), so the ratio is taken to the mean of the two, which bracket the clients.
+            pipeline = Pipeline(ModelCache(ModelRepository(models)))
+            for recipe in SELECT:
+                size = settings.size if recipe == "compose" else None
+                record["recipes"][recipe]["direct_ref_after"] = direct(
+                    pipeline, f"{recipe}-0", settings.clients, settings.repeats, size,
+                    settings.duration)
+            del pipeline
     write_report(record, out)
     return record
 

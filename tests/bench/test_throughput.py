@@ -28,7 +28,7 @@ def test_quick_run_reports_every_mode_and_recipe(tmp_path):
     record = json.loads(out.with_suffix(".json").read_text())
     assert sorted(record["recipes"]) == ["compose", "gan"]
     for recipe, figures in record["recipes"].items():
-        for mode in ("direct", "direct_ref", "http1", "http16"):
+        for mode in ("direct", "direct_ref", "http1", "http16", "direct_ref_after"):
             assert figures[mode]["img_s"] > 0, (recipe, mode)
         for mode in ("http1", "http16"):
             assert 0 < figures[mode]["p50_s"] <= figures[mode]["p99_s"], (recipe, mode)
@@ -40,7 +40,7 @@ def test_quick_run_reports_every_mode_and_recipe(tmp_path):
         assert figures["http16"]["client_cpu_ms_per_request"] > 0
     table = out.read_text()
     assert "| compose (green) |" in table and "| gan (none) |" in table
-    assert "ms of CPU a request" in table
+    assert "ms of CPU a request" in table and "before / after the server" in table
     assert "p50 / p99" in table and "peak RSS" in table and "served / tried" in table
     with Image.open(out.with_suffix(".png")) as chart:
         assert chart.size[0] > 300
