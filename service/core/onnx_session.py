@@ -38,8 +38,14 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None) -> or
     return ort.InferenceSession(str(Path(path)), sess_options=options, providers=providers())
 
 
+# Images from which a batch spreads over the worker's whole CPU pool: a gan request's batches
+# are 64 (`GeneratorSession`); 16 clients asking one image each make batches of at most 8 per
+# worker with two workers.
+WIDE_BATCH = 32
+
+
 class SlicedSession:
-    """An ONNX model whose batches run as `threads` slices side by side on the CPU.
+    """An ONNX model whose batches run as slices side by side on the CPU.
 
     onnxruntime's ConvTranspose spreads its matrix product over the intra-op threads but
     scatters the product back into the image (col2im) on one thread, image after image, so
@@ -48,18 +54,24 @@ class SlicedSession:
     the thesis generator at batch 64: 85-93 img/s against 67-79 with two intra-op threads;
     the refiner and the labeller gain under 10 %, so they keep one session.
 
-    A batch smaller than `threads` (default: the worker's CPU pool, `cpu_pool.pool_threads`),
-    or any batch on a GPU provider, runs whole on the ordinary session (`open_session`, the
-    worker's share of the CPUs); the one-thread session is opened on first use. The slices run
-    on the worker's CPU pool.
+    A batch runs in as many slices as the worker's share of the CPUs
+    (`devices.session_threads`), or, from `WIDE_BATCH` images, in one slice per thread of the
+    worker's CPU pool, which has one per CPU (`cpu_pool`): a batch that large comes from a
+    request for many images, which then takes the CPUs the other workers leave idle. Many
+    clients asking a few images each make small batches, which keep to the worker's share:
+    with two workers on 2 CPUs and 16 clients, gan served 59-60 img/s so, against 56-57 with
+    every batch spread over both CPUs. `threads` sets both counts. A batch smaller than its
+    slice count, or any batch on a GPU provider, runs whole on the ordinary session
+    (`open_session`); the one-thread session is opened on first use.
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         self.path = Path(path)
         self.whole = open_session(path, threads)
-        self.threads = threads or pool_threads()
+        self.share = threads or session_threads()
+        self.wide = threads or max(self.share, pool_threads())
         on_cpu = self.whole.get_providers()[0] == "CPUExecutionProvider"
-        self.slicing = on_cpu and self.threads > 1
+        self.slicing = on_cpu and self.wide > 1
         self._sliced: ort.InferenceSession | None = None
         self._lock = threading.Lock()
 
@@ -73,12 +85,13 @@ class SlicedSession:
             ) -> list[np.ndarray]:
         """As `InferenceSession.run`, every input batched along axis 0."""
         batch = len(next(iter(feeds.values())))
-        if not self.slicing or batch < self.threads:
+        count = self.wide if batch >= WIDE_BATCH else self.share
+        if not self.slicing or count < 2 or batch < count:
             return self.whole.run(output_names, feeds)
         with self._lock:
             if self._sliced is None:
                 self._sliced = open_session(self.path, threads=1)
-        bounds = np.linspace(0, batch, self.threads + 1).astype(int)
+        bounds = np.linspace(0, batch, count + 1).astype(int)
         slices = [{name: value[a:b] for name, value in feeds.items()}
                   for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         # onnxruntime releases the GIL while it runs: the slices run on every thread at once.
