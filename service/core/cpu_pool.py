@@ -9,9 +9,9 @@ The pool has a thread for every CPU of the process (`devices.cpu_budget`), not t
 share of them (`devices.session_threads`, which sizes onnxruntime's intra-op threads): a
 request that arrives while the other workers are idle then uses every CPU, and while all are
 busy the kernel shares the CPUs among their pools. Measured with two workers on 2 CPUs, one
-client asking n=64: compose 108 -> 149-155 img/s, gan 39-40 -> 60-71; 16 clients asking n=1:
-compose 134-141 img/s either way, gan 57-64 against 67-69 (about a tenth less: both workers'
-generator slices then share the two CPUs).
+client asking n=64: compose 108 -> 146-155 img/s, gan 39-40 -> 59-71; 16 clients asking n=1:
+compose 131-141 img/s either way (the generator keeps small batches to the worker's share:
+`onnx_session.SlicedSession`).
 
 numpy's OpenBLAS starts a thread per core for the judge's small matrix products, and those
 threads spin for a while after each one, taking a core from the composing and onnxruntime
