@@ -59,7 +59,7 @@ class SlicedSession:
     worker's CPU pool, which has one per CPU (`cpu_pool`): a batch that large comes from a
     request for many images, which then takes the CPUs the other workers leave idle. Many
     clients asking a few images each make small batches, which keep to the worker's share:
-    with two workers on 2 CPUs and 16 clients, gan served 59-60 img/s so, against 56-57 with
+    with two workers on 2 CPUs and 16 clients, gan served 59-60 img/s this way, against 56-57 with
     every batch spread over both CPUs. `threads` sets both counts. A batch smaller than its
     slice count, or any batch on a GPU provider, runs whole on the ordinary session
     (`open_session`); the one-thread session is opened on first use.
