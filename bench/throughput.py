@@ -453,6 +453,11 @@ def write_report(record: dict[str, Any], out: Path) -> None:
 
 
 # ----------------------------------------------------------------------- run
+def recipe_size(recipe: str, settings: Settings) -> int | None:
+    """The `size` a recipe's requests ask for: gan makes its own resolution only."""
+    return settings.size if recipe == "compose" else None
+
+
 def run(settings: Settings, modes: list[str], labeller_from: Path | None, out: Path
         ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="boxgen-throughput-") as tmp:
@@ -463,7 +468,7 @@ def run(settings: Settings, modes: list[str], labeller_from: Path | None, out: P
                                   "recipes": {}}
         pipeline = Pipeline(ModelCache(ModelRepository(models)))
         for recipe in SELECT:
-            size = settings.size if recipe == "compose" else None  # gan: its own resolution
+            size = recipe_size(recipe, settings)
             figures: dict[str, Any] = {"select": SELECT[recipe]}
             if "direct" in modes:
                 figures["direct"] = direct(pipeline, f"{recipe}-0", settings.n,
@@ -476,7 +481,7 @@ def run(settings: Settings, modes: list[str], labeller_from: Path | None, out: P
         del pipeline  # its sessions' threads would compete with the server's
         if {"http1", "http16"} & set(modes):
             for recipe in SELECT:
-                size = settings.size if recipe == "compose" else None
+                size = recipe_size(recipe, settings)
                 record["recipes"][recipe].update(
                     serve_and_measure(models, recipe, settings, modes, size))
         if {"direct", "http16"} <= set(modes):
@@ -485,7 +490,7 @@ def run(settings: Settings, modes: list[str], labeller_from: Path | None, out: P
             # 134-135), so the ratio is taken to the mean of the two, which bracket the clients.
             pipeline = Pipeline(ModelCache(ModelRepository(models)))
             for recipe in SELECT:
-                size = settings.size if recipe == "compose" else None
+                size = recipe_size(recipe, settings)
                 record["recipes"][recipe]["direct_ref_after"] = direct(
                     pipeline, f"{recipe}-0", settings.clients, settings.repeats, size,
                     settings.duration)
