@@ -3,16 +3,23 @@ per backend and batch size, side by side in one run.
 
     python bench/model_throughput.py [--out gpu-results/model_throughput.md] [--budget 240]
     python bench/model_throughput.py --dry-run      # tiny models, CPU, seconds (the suite's)
+    python bench/model_throughput.py --batches 64 --rounds 5    # the CPU's ratio, with spread
 
 Backends: torch fp32 and torch bf16 autocast on CUDA when present (else the CPU), and
 onnxruntime with each GPU execution provider installed (TensorRT, CUDA; the CPU provider only
 when there is no GPU, in the sessions the service opens: `service.core.onnx_session`'s
-threads, and the generator's batches run as slices side by side). Untrained networks of
+threads, and the generator's batches run as slices side by side; and OpenVINO's CPU plugin,
+`ort-OpenVINO`, where `onnxruntime-openvino` replaces `onnxruntime`: the service does not
+use it, see the README). Untrained networks of
 the production shapes (`thesis` generator, the default refiner at 256 px, `yolov5x.yaml`
 labeller at 256): speed does not depend on the weights. The labeller's network only (no
 letterbox, no NMS), the same for every backend. Outputs are copied to the host, as serving
 does. Cells past `--budget` seconds are skipped and say so, so a GPU session's time limit
 holds.
+
+With `--rounds R`, every backend of a model is timed in turn R times over at each batch, and
+onnxruntime's speed-up over torch fp32 is taken per round, from two timings seconds apart:
+this CPU's speed drifts ~10 % over minutes, more than one backend's whole column takes.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from service.core.devices import session_threads
 from service.core.onnx_session import SlicedSession, open_session
 
 OPSET = 17
+NETWORKS = ("gan", "compose", "labeller")  # each model name's first word
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,10 @@ class Settings:
     size: int = 256  # refiner and labeller input side, px
     batches: tuple[int, ...] = (1, 4, 16, 64, 256)
     repeats: int = 5  # timed runs per cell, after one warm-up
+    rounds: int = 1  # every backend in turn, this many times per batch (paired ratios)
     budget: float = 240.0  # seconds; later cells are skipped
     fp16_on_cpu: bool = False  # run the fp16 copy on the CPU provider too (few fp16 kernels)
+    networks: tuple[str, ...] = NETWORKS  # which of the three to measure
 
 
 DRY_RUN = Settings(generator_profile="tiny", refiner_profile="tiny", labeller_cfg="yolov5n.yaml",
@@ -123,6 +134,8 @@ def backends(device: torch.device, fp16_on_cpu: bool = False) -> tuple[list[str]
         names += [f"ort-{short}", f"ort-{short}-fp16"]
     if device.type == "cpu" and not gpu:
         names += ["ort-CPU", "ort-CPU-fp16"] if fp16_on_cpu else ["ort-CPU"]
+        if "OpenVINOExecutionProvider" in available:  # onnxruntime-openvino, in its place
+            names.append("ort-OpenVINO")
     note = f"onnxruntime {ort.__version__} providers installed: {available}"
     if device.type == "cuda" and not gpu:
         note += "; onnxruntime-gpu is not installed, so only the torch path is measured"
@@ -149,6 +162,8 @@ def ort_session(model: Model, backend: str, max_batch: int, cache: Path
     if provider == "CPUExecutionProvider":  # as the service runs it
         return SlicedSession(onnx_file) if model.sliced else open_session(onnx_file)
     options: dict[str, Any] = {}
+    if provider == "OpenVINOExecutionProvider":  # whole batches: it serialises a session's runs
+        options = {"device_type": "CPU", "num_of_threads": str(session_threads())}
     if provider == "TensorrtExecutionProvider":
         # One engine for every batch size: else TensorRT builds one per shape, minutes each.
         example = model.inputs(1)
@@ -213,29 +228,55 @@ def measure(s: Settings, work: Path) -> dict[str, Any]:
           flush=True)
     deadline = time.monotonic() + s.budget
     rows = []
-    for model in build_models(s, work):
-        for backend in names:
-            session = None
-            for batch in s.batches:
-                row: dict[str, Any] = {"model": model.name, "backend": backend, "batch": batch}
-                rows.append(row)
-                if time.monotonic() > deadline:
-                    row["skipped"] = "time budget"
-                    continue
-                try:
-                    if backend.startswith("ort-") and session is None:
-                        session = ort_session(model, backend, max(s.batches), work / "trt-cache")
-                        if backend.endswith("-fp16"):
-                            row["parity_vs_fp32"] = parity(model, session)
-                    seconds = median_seconds(runner(model, backend, batch, device, session),
-                                             s.repeats, device)
-                    row["img_s"] = batch / seconds
-                except Exception as e:  # out of memory, an op a provider lacks: say, go on
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    for model in (m for m in build_models(s, work) if m.name.split()[0] in s.networks):
+        sessions: dict[str, ort.InferenceSession | SlicedSession | None] = {}
+        for batch in s.batches:
+            cells = {b: {"model": model.name, "backend": b, "batch": batch} for b in names}
+            rows += cells.values()
+            runners: dict[str, Callable[[], None]] = {}
+            for _ in range(s.rounds):  # every backend in turn, so each round's are seconds apart
+                for backend, row in cells.items():
+                    if "error" in row or "skipped" in row:
+                        continue
+                    if time.monotonic() > deadline:
+                        row["skipped"] = "time budget"
+                        continue
+                    try:
+                        if backend.startswith("ort-") and backend not in sessions:
+                            sessions[backend] = ort_session(model, backend, max(s.batches),
+                                                            work / "trt-cache")
+                            if backend.endswith("-fp16"):
+                                row["parity_vs_fp32"] = parity(model, sessions[backend])
+                        session = sessions.get(backend)
+                        if backend not in runners:
+                            runners[backend] = runner(model, backend, batch, device, session)
+                        seconds = median_seconds(runners[backend], s.repeats, device)
+                        row.setdefault("rounds_img_s", []).append(batch / seconds)
+                        row["img_s"] = statistics.median(row["rounds_img_s"])
+                    except Exception as e:  # out of memory, an op a provider lacks: say, go on
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            for row in cells.values():
                 print(json.dumps(row), flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return {"device": str(device), "providers": note, "settings": asdict(s), "rows": rows}
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each onnxruntime backend's img/s over torch fp32's, per model and batch, taken round by
+    round (the two timed seconds apart), with the median, least and most over the rounds."""
+    torch_rounds = {(r["model"], r["batch"]): r.get("rounds_img_s", [])
+                    for r in rows if r["backend"] == "torch-fp32"}
+    out = []
+    for r in rows:
+        reference = torch_rounds.get((r["model"], r["batch"]), [])
+        if not r["backend"].startswith("ort-") or not r.get("rounds_img_s") or not reference:
+            continue
+        ratios = [o / t for o, t in zip(r["rounds_img_s"], reference, strict=False)]
+        out.append({"model": r["model"], "backend": r["backend"], "batch": r["batch"],
+                    "median": statistics.median(ratios), "min": min(ratios),
+                    "max": max(ratios), "rounds": len(ratios)})
+    return out
 
 
 def report(record: dict[str, Any]) -> str:
@@ -249,6 +290,11 @@ def report(record: dict[str, Any]) -> str:
                  "skipped" if "skipped" in row else "error")
         cells.setdefault((row["model"], row["backend"]), []).append(value)
     lines += [f"| {m} | {b} | " + " | ".join(v) + " |" for (m, b), v in cells.items()]
+    lines += ["", f"onnxruntime over torch fp32, round by round: median (least-most of "
+              f"{s.rounds} round{'s' * (s.rounds > 1)}).", "",
+              "| model | backend | batch | speed-up |", "| --- | --- | ---: | ---: |",
+              *(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['median']:.2f}× "
+                f"({r['min']:.2f}-{r['max']:.2f}) |" for r in speedups(record["rows"]))]
     lines += ["", *(f"- {r['model']} {r['backend']}: max abs difference to fp32 "
                     f"{r['parity_vs_fp32']:.2e}" for r in record["rows"] if "parity_vs_fp32" in r)]
     errors = [r for r in record["rows"] if "error" in r]
@@ -263,12 +309,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu-results/model_throughput.md"))
     parser.add_argument("--budget", type=float, help="seconds before cells are skipped")
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1-256)")
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS, help="default: all three")
+    parser.add_argument("--rounds", type=int, help="times every backend is timed in turn")
+    parser.add_argument("--repeats", type=int, help="timed runs per backend and round")
     args = parser.parse_args(argv)
     s = DRY_RUN if args.dry_run else Settings()
     if args.budget is not None:
         s = replace(s, budget=args.budget)
     if args.batches:
         s = replace(s, batches=tuple(args.batches))
+    if args.networks:
+        s = replace(s, networks=tuple(args.networks))
+    for field in ("rounds", "repeats"):
+        if getattr(args, field) is not None:
+            if getattr(args, field) < 1:
+                parser.error(f"--{field} must be at least 1")
+            s = replace(s, **{field: getattr(args, field)})
     with tempfile.TemporaryDirectory(prefix="boxgen-models-") as tmp:
         record = measure(s, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
