@@ -86,7 +86,7 @@ def export(network: torch.nn.Module, example: dict[str, np.ndarray], path: Path)
 
 
 def build_models(s: Settings, work: Path) -> list[Model]:
-    """The three networks, untrained, exported to `work`."""
+    """The networks of `s.networks`, untrained, exported to `work`."""
     from training.config import profile
     from training.loop import build_networks
     from training.refiner import build_refiner, refiner_profile
@@ -117,6 +117,8 @@ def build_models(s: Settings, work: Path) -> list[Model]:
     for name, network, inputs in (("gan generator", generator, z),
                                   ("compose refiner", refiner, composite),
                                   (f"labeller {s.labeller_cfg}", labeller, images)):
+        if name.split()[0] not in s.networks:
+            continue
         path = export(network, inputs(2), work / f"{name.split()[0]}-{len(models)}.onnx")
         models.append(Model(name, network.eval(), inputs, path, network is generator))
     return models
@@ -228,7 +230,7 @@ def measure(s: Settings, work: Path) -> dict[str, Any]:
           flush=True)
     deadline = time.monotonic() + s.budget
     rows = []
-    for model in (m for m in build_models(s, work) if m.name.split()[0] in s.networks):
+    for model in build_models(s, work):
         sessions: dict[str, ort.InferenceSession | SlicedSession | None] = {}
         for batch in s.batches:
             cells = {b: {"model": model.name, "backend": b, "batch": batch} for b in names}
