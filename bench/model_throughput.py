@@ -231,7 +231,7 @@ def measure(s: Settings, work: Path) -> dict[str, Any]:
     deadline = time.monotonic() + s.budget
     rows = []
     for model in build_models(s, work):
-        sessions: dict[str, ort.InferenceSession | SlicedSession | None] = {}
+        sessions: dict[str, ort.InferenceSession | SlicedSession] = {}
         for batch in s.batches:
             cells = {b: {"model": model.name, "backend": b, "batch": batch} for b in names}
             rows += cells.values()
@@ -305,6 +305,14 @@ def report(record: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU")
@@ -312,8 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, help="seconds before cells are skipped")
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1-256)")
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, help="default: all three")
-    parser.add_argument("--rounds", type=int, help="times every backend is timed in turn")
-    parser.add_argument("--repeats", type=int, help="timed runs per backend and round")
+    parser.add_argument("--rounds", type=positive, help="times every backend is timed in turn")
+    parser.add_argument("--repeats", type=positive, help="timed runs per backend and round")
     args = parser.parse_args(argv)
     s = DRY_RUN if args.dry_run else Settings()
     if args.budget is not None:
@@ -322,11 +330,10 @@ def main(argv: list[str] | None = None) -> None:
         s = replace(s, batches=tuple(args.batches))
     if args.networks:
         s = replace(s, networks=tuple(args.networks))
-    for field in ("rounds", "repeats"):
-        if getattr(args, field) is not None:
-            if getattr(args, field) < 1:
-                parser.error(f"--{field} must be at least 1")
-            s = replace(s, **{field: getattr(args, field)})
+    if args.rounds:
+        s = replace(s, rounds=args.rounds)
+    if args.repeats:
+        s = replace(s, repeats=args.repeats)
     with tempfile.TemporaryDirectory(prefix="boxgen-models-") as tmp:
         record = measure(s, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
